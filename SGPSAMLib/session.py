@@ -1,0 +1,714 @@
+"""Interactive point-prompt segmentation of one volume: the backend of the Segment tab.
+
+Life cycle: ``InteractiveSession(model)`` -> ``set_volume(volume)`` -> ``add_point(ras, positive)``
+any number of times -> ``undo()`` / ``reset()``. Points are RAS millimetres; the result is a
+uint8 mask on the volume's own (K, J, I) grid, updated in place inside a changed-region box so
+a viewer can refresh only that box.
+
+Policies (each one a deliberate choice):
+
+- **Regions.** The model sees a 128^3 crop at 1.5 mm whose axes follow R, A, S
+  (:class:`~SGPSAMLib.region.Region`). The first positive click centres a region on itself
+  (SAM-Med3D centres on the target; a click tool must centre on the click). A negative click
+  before any positive one is stored and waits; it joins later prompts if it falls inside the
+  region (cumulative mode). A click inside existing regions goes to the one whose centre is
+  nearest (ties: the oldest). A positive click outside every region starts a new region centred
+  on it (a second lesion, or re-centring on the same one); a negative click outside every
+  region is only stored.
+- **Embedding cache.** A region's image embedding is computed once (``model.encode`` under
+  ``torch.inference_mode``, bf16 autocast on CUDA when ``amp``) and kept in an LRU cache of
+  ``cache_size`` regions keyed by the region; later clicks in it run only ``model.decode``.
+  :meth:`InteractiveSession.prepare` computes it ahead of the first click (Slicer's
+  "Initialize"); the first positive click then adopts that region if it lies in its central
+  half (within ``size / 4`` crop voxels of its centre along every axis) instead of
+  re-centring.
+- **Prompting.** "latest" (default, SAM-Med3D's evaluation): the newest click only plus the
+  region's previous low-res logits (zeros at first). "cumulative" (the current official
+  script): every click inside the region so far (and the seed of an extension window) plus the
+  previous logits. Points go to the model as crop voxel indices in tensor-axis order.
+- **Large targets** (``extend_at_border``). When a region's prediction touches one of its faces
+  (a foreground low-res cell in the outer layer) and the image continues beyond that face, an
+  overlapping neighbour window shifted by half a window (64 voxels) along that axis is added:
+  it is prompted with the clicks that fall inside it (per the prompting mode) plus one
+  positive seed at the foreground cell of the overlap nearest the overlap's centre, and a
+  zero mask prompt. New windows are checked in turn, up to ``max_windows`` per lesion; a
+  candidate whose centre lies within a quarter window of an existing one is skipped.
+- **Merging windows.** Each original voxel belongs to the region, among those whose cube holds
+  it, whose centre is nearest (ties: the oldest): a Voronoi split, so the window that was
+  clicked owns the voxels around the click and a negative click always takes effect there.
+  The full mask is, per voxel, the latest prediction of its owner.
+- **Mask updates and undo.** A prediction is written only inside the box covering the
+  region's previous and new foreground (plus, the first time a region is decoded, the parts of
+  other regions' foreground it now owns); the previous content of every written box is pushed
+  on the undo stack with the region's previous logits and the click count, so ``undo()``
+  restores mask and state exactly. One ``add_point`` (windows included) is one undo step.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .devices import resolve_device
+from .errors import PromptError, VolumeError
+from .geometry import Volume, array_index_to_ijk
+from .region import (
+    BBox,
+    Region,
+    bbox_is_empty,
+    bbox_union,
+    box_crop_axes,
+    crop_coordinates_of_box,
+    footprint_bbox,
+    map_logits_to_volume,
+    normalize_crop,
+    resolve_modality,
+    sample_region,
+    volume_ras_bounds,
+)
+
+__all__ = ["InteractiveSession", "SessionState", "RegionState", "Click", "Prediction",
+           "PROMPT_MODES", "TIMING_KEYS"]
+
+log = logging.getLogger(__name__)
+
+PROMPT_MODES = ("latest", "cumulative")
+TIMING_KEYS = ("sample", "normalize", "encode", "decode", "map_back", "total")
+
+# Voxels per chunk when computing ownership in a box (bounds temporary memory).
+_CHUNK_VOXELS = 1 << 21
+
+
+@dataclass
+class Click:
+    """One user click: RAS mm, its sign, and the region it was sent to (None: only stored)."""
+
+    ras: np.ndarray
+    positive: bool
+    region_id: int | None
+
+
+@dataclass
+class RegionState:
+    """A crop window of the session and the model's last answer for it.
+
+    Attributes:
+        id: index in ``SessionState.regions``.
+        region: the crop frame.
+        group: id of the lesion's first region (extension windows share it).
+        logits: (L, L, L) float32 CPU tensor, the last low-res logits (None before decoding).
+        bbox: array-order box of the foreground of its last prediction (None if empty).
+        footprint: array-order box of the original voxels its cube may hold.
+        seeds: (N, 3) crop indices of internal positive seeds (extension windows).
+    """
+
+    id: int
+    region: Region
+    group: int
+    footprint: BBox | None
+    logits: torch.Tensor | None = None
+    bbox: BBox | None = None
+    seeds: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class _UndoEntry:
+    """What one ``add_point`` changed, to be put back by ``undo``."""
+
+    patches: list[tuple[BBox, np.ndarray]]
+    region_states: dict[int, tuple[torch.Tensor | None, BBox | None]]
+    n_regions: int
+    n_clicks: int
+    voxels: int
+    region_id: int | None
+
+
+@dataclass
+class SessionState:
+    """Everything a session knows about the current volume (one object, no loose dicts).
+
+    Attributes:
+        volume: the image being segmented.
+        modality: "CT" or "MR" (resolved at ``set_volume``).
+        mask: (K, J, I) uint8 full-grid mask, updated in place.
+        ras_bounds: (min, max) RAS mm covered by the image's voxels.
+        regions: crop windows in creation order.
+        embeddings: LRU cache Region -> (1, C, g, g, g) image embedding on the device.
+        clicks: every click, in order.
+        undo_stack: one entry per ``add_point``.
+        voxels: number of foreground voxels in ``mask``.
+        prepared: region from the last ``prepare`` call (adopted by the next new region).
+    """
+
+    volume: Volume
+    modality: str
+    mask: np.ndarray
+    ras_bounds: tuple[np.ndarray, np.ndarray]
+    regions: list[RegionState] = field(default_factory=list)
+    embeddings: OrderedDict[Region, torch.Tensor] = field(default_factory=OrderedDict)
+    clicks: list[Click] = field(default_factory=list)
+    undo_stack: list[_UndoEntry] = field(default_factory=list)
+    voxels: int = 0
+    prepared: Region | None = None
+
+
+@dataclass
+class Prediction:
+    """The session's answer to one call.
+
+    Attributes:
+        mask: (K, J, I) uint8 0/1 on the input grid. A read-only *view* of the session's mask:
+            later calls update it in place; ``mask.copy()`` to keep a snapshot.
+        changed_bbox: array-order (K, J, I) slices covering every voxel that changed, or None.
+        timings: seconds per step: sample, normalize, encode (0 when cached), decode, map_back,
+            total.
+        region_centre_ras: (3,) RAS mm centre of the region the click was decoded in (after
+            ``undo``: the region of the newest remaining click); None if none.
+        embedding_cached: whether that region's embedding came from the cache.
+        message: what happened, for the user.
+        voxels: foreground voxel count of the whole mask.
+        low_res_logits: (L, L, L) float32 copy of that region's latest low-res logits, on the
+            crop axes (R, A, S); None if none. (Border windows added by the same click keep
+            their own logits in ``state.regions``.)
+        region: that region (crop frame), or None.
+        region_id: its index in ``state.regions``, or None.
+    """
+
+    mask: np.ndarray
+    changed_bbox: BBox | None
+    timings: dict[str, float]
+    region_centre_ras: np.ndarray | None
+    embedding_cached: bool
+    message: str
+    voxels: int
+    low_res_logits: np.ndarray | None = None
+    region: Region | None = None
+    region_id: int | None = None
+
+
+class InteractiveSession:
+    """Point-prompted segmentation of one volume with cached embeddings, windows and undo.
+
+    Args:
+        model: an ``SGPSAMModel`` (or any module with ``encode``/``decode``, ``config.image_size``,
+            ``config.crop_spacing_mm`` and ``low_res_size``). It is moved to ``device`` and put
+            in eval mode.
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps" (see :func:`resolve_device`).
+        prompt_mode: "latest" or "cumulative" (module docstring).
+        amp: bf16 autocast for encode/decode on CUDA (ignored elsewhere).
+        extend_at_border: add overlapping windows when a prediction reaches a region's face.
+        max_windows: most windows per lesion, the first one included (>= 1).
+        cache_size: most embeddings kept (LRU, >= 1).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "auto",
+                 prompt_mode: str = "latest", amp: bool = True, extend_at_border: bool = True,
+                 max_windows: int = 8, cache_size: int = 16) -> None:
+        if prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
+        for name, value in (("max_windows", max_windows), ("cache_size", cache_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("encode", "decode", "config"):
+            if not hasattr(model, name):
+                raise TypeError(f"model must provide encode(), decode() and config; "
+                                f"{type(model).__name__} has no {name!r}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.prompt_mode = prompt_mode
+        self.amp = bool(amp)
+        self.extend_at_border = bool(extend_at_border)
+        self.max_windows = max_windows
+        self.cache_size = cache_size
+        self.size = int(model.config.image_size)
+        self.spacing_mm = float(model.config.crop_spacing_mm)
+        self.low_res_size = int(getattr(model, "low_res_size", self.size // 4))
+        self._state: SessionState | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Public API.
+
+    @property
+    def state(self) -> SessionState | None:
+        """The current state (None before ``set_volume``); read it, do not mutate it."""
+        return self._state
+
+    def set_volume(self, volume: Volume, modality: str = "auto") -> None:
+        """Validate ``volume`` and start over on it (prompts, mask, undo, cache cleared).
+
+        No embedding is computed yet (there is no click to centre on); see :meth:`prepare`.
+
+        Args:
+            volume: the image with its geometry.
+            modality: "CT", "MR" or "auto" (CT when the volume's minimum is below -500 HU).
+
+        Raises:
+            VolumeError: a single slice / 2-D image, a non-numeric, non-finite, empty or
+                constant array.
+            ValueError: an unknown modality.
+        """
+        if not isinstance(volume, Volume):
+            raise TypeError(f"volume must be a SGPSAMLib.geometry.Volume, "
+                            f"got {type(volume).__name__}")
+        name = volume.name or "volume"
+        array = volume.array
+        if array.size == 0 or min(array.shape) < 2:
+            raise VolumeError(f"{name}: array shape (K, J, I) = {array.shape} is a single slice "
+                              "/ 2-D image; interactive segmentation needs a 3-D volume with at "
+                              "least 2 voxels along every axis")
+        if array.dtype.kind not in "biuf":
+            raise VolumeError(f"{name}: array dtype {array.dtype} is not a real numeric type")
+        if array.dtype.kind == "f":
+            finite = np.isfinite(array)
+            if not finite.all():
+                raise VolumeError(f"{name}: {int(array.size - finite.sum())} voxels are NaN or "
+                                  "infinite; fix or mask them before segmenting")
+        minimum, maximum = float(array.min()), float(array.max())
+        if minimum == maximum:
+            raise VolumeError(f"{name}: every voxel has the value {minimum:g} (constant or "
+                              "empty image); nothing to segment")
+        resolved = resolve_modality(minimum, modality)
+        self._state = SessionState(
+            volume=volume, modality=resolved, mask=np.zeros(array.shape, dtype=np.uint8),
+            ras_bounds=volume_ras_bounds(volume),
+        )
+        log.info("session volume %s %s (%s, modality %s)", name, array.shape, array.dtype,
+                 resolved)
+
+    def prepare(self, ras_mm: Sequence[float]) -> Region:
+        """Compute and cache the embedding of a region centred at ``ras_mm`` (no prediction).
+
+        The next positive click that starts a region adopts this one if it lies in its central
+        half, so the first click then costs only a decode.
+
+        Raises:
+            RuntimeError: before ``set_volume``.
+            PromptError: the point is not finite or outside the volume.
+        """
+        state = self._require_volume("prepare")
+        ras = self._check_point(ras_mm, "prepare")
+        region = Region(tuple(ras), self.size, self.spacing_mm)
+        timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        self._embedding(region, timings)
+        state.prepared = region
+        return region
+
+    def add_point(self, ras_mm: Sequence[float], positive: bool = True) -> Prediction:
+        """Add a click and update the mask.
+
+        Args:
+            ras_mm: (3,) RAS millimetres.
+            positive: True for "lesion here", False for "not lesion".
+
+        Raises:
+            RuntimeError: before ``set_volume``.
+            PromptError: the point is not finite or outside the volume (state unchanged).
+        """
+        start = time.perf_counter()
+        state = self._require_volume("add_point")
+        ras = self._check_point(ras_mm, "add_point")
+        positive = bool(positive)
+        timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        entry = _UndoEntry(patches=[], region_states={}, n_regions=len(state.regions),
+                           n_clicks=len(state.clicks), voxels=state.voxels, region_id=None)
+        target = self._route(ras)
+        if target is None and not positive:
+            state.clicks.append(Click(ras, False, None))
+            state.undo_stack.append(entry)
+            timings["total"] = time.perf_counter() - start
+            what = ("no lesion is started yet" if not state.regions
+                    else "it lies outside every region")
+            return self._prediction(None, timings, False, f"negative point stored: {what}; "
+                                    "it is used once a positive point starts a region around it")
+        try:
+            created = target is None
+            if created:
+                target = self._new_region(self._region_for_new_click(ras), group=None)
+            state.clicks.append(Click(ras, positive, target.id))
+            entry.region_id = target.id
+            cached = self._decode_region(target, entry, timings)
+            windows = self._extend(target, entry, timings)
+        except BaseException:
+            self._rollback(entry)
+            raise
+        state.undo_stack.append(entry)
+        timings["total"] = time.perf_counter() - start
+        message = (f"{'new' if created else 'region'} {target.id}: "
+                   f"{'+' if positive else '-'} point, {state.voxels} voxels in the mask")
+        if windows:
+            message += f"; {windows} window(s) added to follow the target across the border"
+        log.debug("add_point %s -> %s; timings %s", ras, message, timings)
+        return self._prediction(target, timings, cached, message, entry)
+
+    def undo(self) -> Prediction | None:
+        """Take back the last ``add_point`` exactly (mask, logits, regions, clicks).
+
+        Returns the restored state as a Prediction (``changed_bbox`` covers what was restored),
+        or None when there is nothing to undo.
+        """
+        state = self._require_volume("undo")
+        if not state.undo_stack:
+            return None
+        start = time.perf_counter()
+        entry = state.undo_stack.pop()
+        self._rollback(entry)
+        timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        timings["total"] = time.perf_counter() - start
+        last = self._last_decoded_region()
+        return self._prediction(last, timings, True, f"undone; {state.voxels} voxels in the mask",
+                                entry)
+
+    def reset(self) -> None:
+        """Clear clicks, regions, logits, mask and undo stack; keep the cached embeddings."""
+        state = self._require_volume("reset")
+        state.mask.fill(0)
+        state.regions.clear()
+        state.clicks.clear()
+        state.undo_stack.clear()
+        state.voxels = 0
+
+    # ------------------------------------------------------------------------------------------
+    # Checks.
+
+    def _require_volume(self, method: str) -> SessionState:
+        if self._state is None:
+            raise RuntimeError(f"InteractiveSession.{method}() needs a volume: call "
+                               "set_volume(volume) first")
+        return self._state
+
+    def _check_point(self, ras_mm: Sequence[float], method: str) -> np.ndarray:
+        try:
+            ras = np.asarray(ras_mm, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise PromptError(f"{method}: ras_mm must be 3 numbers (RAS mm), got {ras_mm!r}"
+                              ) from exc
+        if ras.shape != (3,) or not np.all(np.isfinite(ras)):
+            raise PromptError(f"{method}: ras_mm must be 3 finite numbers (RAS mm), "
+                              f"got {ras_mm!r}")
+        state = self._state
+        if not state.volume.contains_ras(ras):
+            low, high = state.ras_bounds
+            bounds = ", ".join(f"{'RAS'[d]} {low[d]:.1f}..{high[d]:.1f}" for d in range(3))
+            name = f" {state.volume.name!r}" if state.volume.name else ""
+            raise PromptError(f"{method}: point R={ras[0]:.1f}, A={ras[1]:.1f}, S={ras[2]:.1f} mm "
+                              f"is outside the volume{name} (RAS bounds {bounds} mm)")
+        return ras
+
+    # ------------------------------------------------------------------------------------------
+    # Regions, routing and prompts.
+
+    def _route(self, ras: np.ndarray) -> RegionState | None:
+        """The region whose cube holds ``ras`` with the nearest centre (ties: oldest)."""
+        best, best_dist = None, np.inf
+        for rs in self._state.regions:
+            if rs.region.contains_ras(ras):
+                dist = float(np.sum((np.asarray(rs.region.centre_ras) - ras) ** 2))
+                if dist < best_dist:
+                    best, best_dist = rs, dist
+        return best
+
+    def _region_for_new_click(self, ras: np.ndarray) -> Region:
+        prepared = self._state.prepared
+        # Central half: |crop index - centre| <= size / 4 along every axis.
+        margin = prepared.size / 4 - prepared.centre_index if prepared is not None else 0.0
+        if prepared is not None and prepared.contains_ras(ras, margin_voxels=margin):
+            return prepared
+        return Region(tuple(ras), self.size, self.spacing_mm)
+
+    def _new_region(self, region: Region, group: int | None, seed: np.ndarray | None = None
+                    ) -> RegionState:
+        state = self._state
+        rid = len(state.regions)
+        rs = RegionState(id=rid, region=region, group=rid if group is None else group,
+                         footprint=footprint_bbox(state.volume, region))
+        if seed is not None:
+            rs.seeds.append(np.asarray(seed, dtype=np.float64))
+        state.regions.append(rs)
+        return rs
+
+    def _prompt(self, rs: RegionState) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) crop-index points and (N,) labels for a region, per the prompting mode."""
+        clicks = self._state.clicks
+        if self.prompt_mode == "latest":
+            chosen = clicks[-1:]
+            seeds = rs.seeds if rs.logits is None else []
+        else:
+            chosen = clicks
+            seeds = rs.seeds
+        chosen = [c for c in chosen if rs.region.contains_ras(c.ras)]
+        points = [rs.region.ras_to_crop_points(c.ras) for c in chosen] + list(seeds)
+        labels = [int(c.positive) for c in chosen] + [1] * len(seeds)
+        return np.asarray(points, dtype=np.float32).reshape(-1, 3), np.asarray(labels)
+
+    # ------------------------------------------------------------------------------------------
+    # Model calls.
+
+    def _autocast(self):
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _embedding(self, region: Region, timings: dict[str, float]) -> tuple[torch.Tensor, bool]:
+        """The region's embedding from the cache, or sampled + normalised + encoded now."""
+        state = self._state
+        cache = state.embeddings
+        if region in cache:
+            cache.move_to_end(region)
+            return cache[region], True
+        tick = time.perf_counter()
+        crop = sample_region(state.volume, region)
+        timings["sample"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        crop = normalize_crop(crop, state.modality)
+        timings["normalize"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        image = torch.from_numpy(crop)[None, None].to(self.device)
+        with torch.inference_mode(), self._autocast():
+            embedding = self.model.encode(image)
+        self._sync()
+        timings["encode"] += time.perf_counter() - tick
+        cache[region] = embedding
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        return embedding, False
+
+    def _decode_region(self, rs: RegionState, entry: _UndoEntry,
+                       timings: dict[str, float]) -> bool:
+        """Decode one region with its prompt and write its prediction; -> embedding cached."""
+        embedding, cached = self._embedding(rs.region, timings)
+        points, labels = self._prompt(rs)
+        size = self.low_res_size
+        previous = rs.logits
+        if previous is None:
+            previous = torch.zeros((size, size, size))
+        tick = time.perf_counter()
+        with torch.inference_mode(), self._autocast():
+            logits = self.model.decode(
+                embedding,
+                torch.from_numpy(points)[None].to(self.device),
+                torch.from_numpy(labels).long()[None].to(self.device),
+                previous[None, None].to(self.device),
+            )
+        logits = logits.detach().float().reshape(size, size, size).cpu()
+        timings["decode"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        self._write(rs, logits, entry)
+        timings["map_back"] += time.perf_counter() - tick
+        return cached
+
+    def _write(self, rs: RegionState, logits: torch.Tensor, entry: _UndoEntry) -> None:
+        """Map a region's new logits to the volume and write the voxels it owns."""
+        state = self._state
+        others = [r for r in state.regions if r.id != rs.id and r.logits is not None
+                  and _boxes_overlap(r.footprint, rs.footprint)]
+        hint = rs.bbox
+        if rs.logits is None:  # first prediction: take over the voxels it now owns
+            for other in others:
+                hint = bbox_union(hint, _box_intersection(other.bbox, rs.footprint))
+        box, patch = map_logits_to_volume(logits, rs.region, state.volume, hint)
+        entry.region_states.setdefault(rs.id, (rs.logits, rs.bbox))
+        rs.logits = logits
+        rs.bbox = _foreground_box(patch, box)
+        if box is None:
+            return
+        view = state.mask[box]
+        before = view.copy()
+        entry.patches.append((box, before))
+        owned = self._ownership(rs, box, [o for o in others
+                                          if _boxes_overlap(o.footprint, box)])
+        if owned is None:
+            view[...] = patch
+        else:
+            np.copyto(view, patch, where=owned)
+        state.voxels += int(np.count_nonzero(view)) - int(np.count_nonzero(before))
+
+    def _ownership(self, rs: RegionState, box: BBox, others: list[RegionState]
+                   ) -> np.ndarray | None:
+        """Bool (box shape) of the voxels ``rs`` owns, or None when it owns the whole box."""
+        state = self._state
+        size = self.size
+        centre = rs.region.centre_index
+        corners_kji = np.array([[k, j, i] for k in (box[0].start, box[0].stop - 1)
+                                for j in (box[1].start, box[1].stop - 1)
+                                for i in (box[2].start, box[2].stop - 1)], dtype=np.float64)
+        corners_ras = state.volume.ijk_to_ras_points(array_index_to_ijk(corners_kji))
+        inside_all = bool(np.all(rs.region.contains_ras(corners_ras)))
+        if inside_all and not others:
+            return None
+        offsets = [(np.asarray(rs.region.centre_ras) - np.asarray(o.region.centre_ras))
+                   / self.spacing_mm for o in others]
+        separable = box_crop_axes(state.volume, rs.region, box)
+        if separable is not None:  # per-axis terms broadcast over the box: no 3-D coordinates
+            mine = np.ones((1, 1, 1), dtype=bool)
+            dist = np.zeros((1, 1, 1))
+            theirs = [(np.ones((1, 1, 1), dtype=bool), np.zeros((1, 1, 1))) for _ in others]
+            for dim, (axis, x) in enumerate(separable):
+                shape = [1, 1, 1]
+                shape[dim] = -1
+                x = x.reshape(shape)
+                mine = mine & (x >= -0.5) & (x <= size - 0.5)
+                dist = dist + (x - centre) ** 2
+                for n, offset in enumerate(offsets):
+                    xo = x + offset[axis]
+                    inside, d = theirs[n]
+                    theirs[n] = (inside & (xo >= -0.5) & (xo <= size - 0.5),
+                                 d + (xo - centre) ** 2)
+            for other, (inside, d) in zip(others, theirs):
+                wins = (d < dist) | ((d == dist) & (other.id < rs.id))
+                mine = mine & ~(inside & wins)
+            return np.broadcast_to(mine, tuple(s.stop - s.start for s in box))
+        shape = tuple(s.stop - s.start for s in box)
+        owned = np.zeros(shape, dtype=bool)
+        owned_t = torch.from_numpy(owned)
+        offsets_t = [torch.from_numpy(offset.astype(np.float32)) for offset in offsets]
+        rows = max(1, _CHUNK_VOXELS // max(1, shape[1] * shape[2]))
+        for first in range(0, shape[0], rows):
+            crop = crop_coordinates_of_box(state.volume, rs.region, box, first=first, rows=rows)
+            mine = ((crop >= -0.5) & (crop <= size - 0.5)).all(dim=-1)
+            dist = ((crop - centre) ** 2).sum(dim=-1)
+            for other, offset in zip(others, offsets_t):
+                theirs = crop + offset
+                inside = ((theirs >= -0.5) & (theirs <= size - 0.5)).all(dim=-1)
+                dist_other = ((theirs - centre) ** 2).sum(dim=-1)
+                wins = (dist_other < dist) | ((dist_other == dist) & (other.id < rs.id))
+                mine &= ~(inside & wins)
+            owned_t[first:first + crop.shape[0]] = mine
+        return owned
+
+    # ------------------------------------------------------------------------------------------
+    # Windows for large targets.
+
+    def _extend(self, start: RegionState, entry: _UndoEntry, timings: dict[str, float]) -> int:
+        """Add neighbour windows while predictions reach faces where the image continues."""
+        if not self.extend_at_border:
+            return 0
+        state = self._state
+        added = 0
+        queue = [start]
+        while queue:
+            rs = queue.pop(0)
+            for axis, direction in self._faces_to_extend(rs):
+                group = [r for r in state.regions if r.group == rs.group]
+                if len(group) >= self.max_windows:
+                    log.info("lesion %d reached max_windows=%d; not extending further",
+                             rs.group, self.max_windows)
+                    return added
+                candidate = rs.region.shifted(axis, direction * self.size / 2)
+                if any(np.max(np.abs(np.asarray(r.region.centre_ras)
+                                     - np.asarray(candidate.centre_ras)))
+                       < self.size / 4 * self.spacing_mm for r in state.regions):
+                    continue
+                seed = self._seed(rs, axis, direction, candidate)
+                if seed is None:
+                    continue
+                window = self._new_region(candidate, group=rs.group, seed=seed)
+                self._decode_region(window, entry, timings)
+                added += 1
+                queue.append(window)
+        return added
+
+    def _faces_to_extend(self, rs: RegionState) -> list[tuple[int, int]]:
+        """(axis, -1 | +1) of faces the foreground touches and the image continues beyond."""
+        positive = rs.logits > 0
+        if not bool(positive.any()):
+            return []
+        low, high = self._state.ras_bounds
+        half = self.size / 2 * self.spacing_mm
+        faces = []
+        for axis in range(3):
+            centre = rs.region.centre_ras[axis]
+            if bool(positive.select(axis, 0).any()) and low[axis] < centre - half - \
+                    self.spacing_mm:
+                faces.append((axis, -1))
+            if bool(positive.select(axis, positive.shape[axis] - 1).any()) and \
+                    high[axis] > centre + half + self.spacing_mm:
+                faces.append((axis, 1))
+        return faces
+
+    def _seed(self, rs: RegionState, axis: int, direction: int, candidate: Region
+              ) -> np.ndarray | None:
+        """Crop index (in ``candidate``) of the overlap's foreground cell nearest its centre."""
+        size_l = self.low_res_size
+        scale = self.size / size_l
+        cells = torch.nonzero(rs.logits > 0).numpy().astype(np.float64)
+        crop = scale * cells + (scale - 1.0) / 2.0  # low-res cell centres in crop indices
+        half = rs.region.centre_index
+        in_overlap = crop[:, axis] >= half if direction > 0 else crop[:, axis] <= half
+        crop = crop[in_overlap]
+        if not len(crop):
+            return None
+        target = np.full(3, half)
+        target[axis] += direction * self.size / 4
+        nearest = crop[np.argmin(np.sum((crop - target) ** 2, axis=1))]
+        return candidate.ras_to_crop_points(rs.region.crop_to_ras_points(nearest))
+
+    # ------------------------------------------------------------------------------------------
+    # Undo and results.
+
+    def _rollback(self, entry: _UndoEntry) -> None:
+        state = self._state
+        for box, before in reversed(entry.patches):
+            state.mask[box] = before
+        for rid, (logits, bbox) in entry.region_states.items():
+            if rid < entry.n_regions:
+                state.regions[rid].logits = logits
+                state.regions[rid].bbox = bbox
+        del state.regions[entry.n_regions:]
+        del state.clicks[entry.n_clicks:]
+        state.voxels = entry.voxels
+
+    def _last_decoded_region(self) -> RegionState | None:
+        for click in reversed(self._state.clicks):
+            if click.region_id is not None:
+                return self._state.regions[click.region_id]
+        return None
+
+    def _prediction(self, rs: RegionState | None, timings: dict[str, float], cached: bool,
+                    message: str, entry: _UndoEntry | None = None) -> Prediction:
+        state = self._state
+        mask = state.mask.view()
+        mask.flags.writeable = False
+        changed = None
+        if entry is not None:
+            changed = bbox_union(*(box for box, _ in entry.patches))
+        logits = None if rs is None or rs.logits is None else rs.logits.numpy().copy()
+        return Prediction(
+            mask=mask, changed_bbox=changed, timings=dict(timings),
+            region_centre_ras=None if rs is None else np.asarray(rs.region.centre_ras),
+            embedding_cached=bool(cached), message=message, voxels=int(state.voxels),
+            low_res_logits=logits, region=None if rs is None else rs.region,
+            region_id=None if rs is None else rs.id,
+        )
+
+
+def _boxes_overlap(a: BBox | None, b: BBox | None) -> bool:
+    return _box_intersection(a, b) is not None
+
+
+def _box_intersection(a: BBox | None, b: BBox | None) -> BBox | None:
+    if bbox_is_empty(a) or bbox_is_empty(b):
+        return None
+    box = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return None if bbox_is_empty(box) else box
+
+
+def _foreground_box(patch: np.ndarray, box: BBox | None) -> BBox | None:
+    """Tight array-order box of the nonzero voxels of ``patch`` placed at ``box``."""
+    if box is None or not patch.any():
+        return None
+    out = []
+    for axis in range(3):
+        other = tuple(d for d in range(3) if d != axis)
+        idx = np.flatnonzero(patch.any(axis=other))
+        out.append(slice(box[axis].start + int(idx[0]), box[axis].start + int(idx[-1]) + 1))
+    return tuple(out)

@@ -1,0 +1,63 @@
+"""SGPSAMLib must run outside Slicer: it never imports slicer, qt, vtk, ctk or PythonQt."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import SGPSAMLib
+
+FORBIDDEN = ("slicer", "qt", "vtk", "ctk", "PythonQt")
+PACKAGE_DIR = Path(SGPSAMLib.__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+_IMPORT_ALL = """
+import importlib, json, pkgutil, sys
+import SGPSAMLib
+names = [m.name for m in pkgutil.walk_packages(SGPSAMLib.__path__, "SGPSAMLib.")]
+for name in names:
+    importlib.import_module(name)
+print(json.dumps({"modules": names, "loaded": sorted(sys.modules)}))
+"""
+
+
+def _forbidden(name: str) -> bool:
+    top = name.split(".")[0].lower()
+    return any(top.startswith(bad.lower()) for bad in FORBIDDEN)
+
+
+def test_forbidden_predicate() -> None:
+    assert _forbidden("slicer.util") and _forbidden("qt") and _forbidden("vtkmodules.all")
+    assert _forbidden("PythonQt.QtGui") and _forbidden("ctk") and _forbidden("qtpy")
+    assert not _forbidden("SGPSAMLib.session") and not _forbidden("torch")
+
+
+def test_importing_every_submodule_loads_no_slicer_module() -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    result = subprocess.run([sys.executable, "-c", _IMPORT_ALL], capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "SGPSAMLib.cli" in report["modules"] and "SGPSAMLib.losses" in report["modules"]
+    assert [name for name in report["loaded"] if _forbidden(name)] == []
+
+
+def test_no_source_file_imports_slicer_modules() -> None:
+    offenders = []
+    files = sorted(PACKAGE_DIR.rglob("*.py"))
+    assert len(files) > 5
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [f"{path.relative_to(REPO_ROOT)}:{node.lineno} {n}"
+                          for n in names if _forbidden(n)]
+    assert offenders == []
