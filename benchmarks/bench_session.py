@@ -13,7 +13,8 @@ prints one JSON object:
 - peak RSS, torch threads and the machine.
 
 Medians (and minima: on a shared machine the minimum is the least disturbed run) of
-``--repeats`` runs after one warm-up. Usage::
+``--repeats`` runs after one warm-up; encoder and first-click runs alternate so both see the
+same load. Usage::
 
     python benchmarks/bench_session.py                 # SAM-Med3D size (slow on CPU)
     python benchmarks/bench_session.py --preset tiny   # quick
@@ -34,6 +35,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import keep_heap  # noqa: E402
 
 from SGPSAMLib.build import build_model  # noqa: E402
 from SGPSAMLib.geometry import Volume  # noqa: E402
@@ -104,20 +108,6 @@ def _alloc_touch_seconds(megabytes: int = 100) -> float:
     return seconds
 
 
-def _keep_heap() -> bool:
-    """Ask glibc to keep freed memory for reuse (no mmap/trim for big blocks), so a steady
-    state is measured instead of the first-touch cost of fresh pages. glibc only."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 62)
-    return bool(ok)
-
-
 def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -144,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="glibc: keep freed memory for reuse (see _keep_heap); on VMs where "
                              "first-touching memory is slow this separates our work from it")
     args = parser.parse_args(argv)
-    kept_heap = _keep_heap() if args.keep_heap else False
+    kept_heap = keep_heap() if args.keep_heap else False
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -165,7 +155,6 @@ def main(argv: list[str] | None = None) -> dict:
         session._sync()
 
     encode()
-    encoder = [_timed(encode) for _ in range(args.repeats)]
 
     # Sampling alone (the session-side cost that scales with the volume).
     region = Region(tuple(lesion), 128, 1.5)
@@ -187,8 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
         return time.perf_counter() - start, pred.timings, fresh
 
     first_click()
-    first, first_timings = [], []
+    # Encoder and first click interleaved, so both see the same machine load.
+    encoder, first, first_timings = [], [], []
     for _ in range(args.repeats):
+        encoder.append(_timed(encode))
         seconds, timings, warm = first_click()  # the last session serves the next clicks
         first.append(seconds)
         first_timings.append(timings)
