@@ -72,30 +72,34 @@ class Attention3D(nn.Module):
         qkv = self.qkv(x).reshape(b, d * h * w, 3, self.num_heads, self.head_dim)
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
-    def _bias_terms(self, q_grid: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-        """A (b,h,n,n,n,L), B (b,h,n,n,L,L), C (b,h,n,n,L,L) of the module docstring.
-
-        ``q_grid`` (b, heads, L, L, L, c) holds the unscaled q of every token of the attention
-        grid (padded tokens included); the first ``n`` per axis are the queries wanted.
-        """
+    def _tables(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         size = self.rel_size
-        dtype = q_grid.dtype
-        t_d, t_h, t_w = (_relative_table(t, size).to(dtype)
-                         for t in (self.rel_pos_d, self.rel_pos_h, self.rel_pos_w))
-        rows = q_grid[:, :, :n, :n]  # (b, heads, qd, qh, x, c) with x = a w index of the grid
-        a = torch.einsum("bndhwc,dkc->bndhwk", rows[:, :, :, :, :n], t_d[:n])
-        b = torch.einsum("bndhxc,hkc->bndhxk", rows, t_h[:n])
-        c = torch.einsum("bndhxc,xkc->bndhxk", rows, t_w)
+        return tuple(_relative_table(t, size).to(dtype)
+                     for t in (self.rel_pos_d, self.rel_pos_h, self.rel_pos_w))
+
+    @staticmethod
+    def _real_terms(q_grid: torch.Tensor, tables: tuple[torch.Tensor, ...]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A, B, C of the module docstring for real queries and real x = kd / kh.
+
+        q_grid (b, heads, n, n, n, c) -> A (b,h,n,n,n,L) indexed [qd,qh,qw,kw],
+        B (b,h,n,n,n,L) indexed [qd,qh,kd,kw], C (b,h,n,n,n,L) indexed [qd,qh,kh,kw].
+        """
+        n = q_grid.shape[2]
+        t_d, t_h, t_w = tables
+        a = torch.einsum("bndhwc,dkc->bndhwk", q_grid, t_d[:n])
+        b = torch.einsum("bndhxc,hkc->bndhxk", q_grid, t_h[:n])
+        c = torch.einsum("bndhxc,xkc->bndhxk", q_grid, t_w[:n])
         return a, b, c
 
     @staticmethod
-    def _full_bias(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: int) -> torch.Tensor:
-        """Bias between the queries and the first ``m`` keys per axis -> (b, heads, n^3, m^3)."""
-        bias = (a[..., None, None, :m]
-                + b[:, :, :, :, None, :m, None, :m]
-                + c[:, :, :, :, None, None, :m, :m])
-        batch, heads, n = a.shape[0], a.shape[1], a.shape[2]
-        return bias.reshape(batch, heads, n ** 3, m ** 3)
+    def _write_bias(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> None:
+        """out (b, heads, n^3, n^3) view <- bias between real queries and real keys, in place."""
+        n = a.shape[2]
+        grid = out.unflatten(-1, (n, n, n)).unflatten(2, (n, n, n))
+        grid.copy_(a[..., None, None, :n].expand_as(grid))
+        grid.add_(b[:, :, :, :, None, :, None, :n])
+        grid.add_(c[:, :, :, :, None, None, :, :n])
 
     def _output(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """(B, heads, n^3, head_dim) -> (B, n, n, n, C), heads concatenated head-major."""
@@ -120,42 +124,46 @@ class Attention3D(nn.Module):
         n = self._check_grid(x)
         size = self.rel_size
         q, k, v = self._qkv(x)
-        batch, heads, _, c = q.shape
-        q_grid = q.reshape(batch, heads, n, n, n, c)
-        if n == size:
-            bias = self._full_bias(*self._bias_terms(q_grid, n), n)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-            return self._output(out, n)
-        dim = heads * c
-        if self.qkv.bias is not None:
-            b_q, b_k, b_v = (
-                self.qkv.bias[i * dim:(i + 1) * dim].reshape(1, heads, 1, c).to(q.dtype)
-                for i in range(3)
-            )
-        else:
-            b_q = b_k = b_v = q.new_zeros(1, heads, 1, c)
-        # q of every grid token: real ones, then b_q for padded positions (zero inputs).
-        q_grid = F.pad(q_grid, (0, 0, 0, size - n, 0, size - n, 0, size - n))
-        pad_mask = torch.ones(size, size, size, dtype=torch.bool, device=q.device)
-        pad_mask[:n, :n, :n] = False
-        q_grid = torch.where(pad_mask[None, None, ..., None],
-                             b_q.reshape(1, heads, 1, 1, 1, c), q_grid)
-        a, b, cc = self._bias_terms(q_grid, n)
-        real_bias = self._full_bias(a, b, cc, n)
-        # log S over the whole window and over the real keys; the difference is the padded mass.
-        af, bf, cf = a.float(), b.float(), cc.float()
-        log_all = torch.logsumexp(
-            af + torch.logsumexp(bf, dim=-2)[:, :, :, :, None, :]
-            + torch.logsumexp(cf, dim=-2)[:, :, :, :, None, :], dim=-1)
-        log_real = torch.logsumexp(
-            af[..., :n] + torch.logsumexp(bf[..., :n, :n], dim=-2)[:, :, :, :, None, :]
-            + torch.logsumexp(cf[..., :n, :n], dim=-2)[:, :, :, :, None, :], dim=-1)
-        virtual = (log_all + _log1mexp(log_real - log_all)).reshape(batch, heads, n ** 3, 1)
-        k = torch.cat([k, b_k.expand(batch, -1, -1, -1)], dim=2)
-        v = torch.cat([v, b_v.expand(batch, -1, -1, -1)], dim=2)
-        bias = torch.cat([real_bias, virtual.to(real_bias.dtype)], dim=-1)
+        batch, heads, tokens, c = q.shape
+        tables = self._tables(q.dtype)
+        a, b, cc = self._real_terms(q.reshape(batch, heads, n, n, n, c), tables)
+        padded = n < size
+        bias = q.new_empty(batch, heads, tokens, tokens + int(padded))
+        self._write_bias(bias[..., :tokens], a, b, cc)
+        if padded:
+            dim = heads * c
+            if self.qkv.bias is not None:
+                b_q, b_k, b_v = (self.qkv.bias[i * dim:(i + 1) * dim].reshape(heads, c).to(q.dtype)
+                                 for i in range(3))
+            else:
+                b_q = b_k = b_v = q.new_zeros(heads, c)
+            bias[..., tokens:] = self._virtual_key_bias(a, b, cc, b_q, tables)
+            k = torch.cat([k, b_k[None, :, None].expand(batch, -1, -1, -1)], dim=2)
+            v = torch.cat([v, b_v[None, :, None].expand(batch, -1, -1, -1)], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self._output(out, n)
+
+    def _virtual_key_bias(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+                          b_q: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """log of the summed exp(bias) of all padded keys, per real query -> (b, h, n^3, 1).
+
+        Padded tokens have q = b_q, so B at kd >= n is b_q . Rh[qh - kw + L-1] (one value per
+        padded kd) and C at kh >= n is b_q . Rw[kh - kw + L-1].
+        """
+        n, size = a.shape[2], self.rel_size
+        _, t_h, t_w = tables
+        a, b, c = a.float(), b.float(), c.float()
+        b_pad = torch.einsum("nc,hkc->nhk", b_q.float(), t_h[:n].float())  # (heads, qh, kw)
+        c_pad = torch.einsum("nc,xkc->nxk", b_q.float(), t_w[n:].float())  # (heads, kh, kw)
+        lse_b_real = torch.logsumexp(b, dim=-2)  # over kd < n -> (b, h, qd, qh, kw)
+        lse_c_real = torch.logsumexp(c, dim=-2)
+        lse_b_all = torch.logaddexp(lse_b_real, b_pad[None, :, None] + math.log(size - n))
+        lse_c_all = torch.logaddexp(lse_c_real, torch.logsumexp(c_pad, dim=1)[None, :, None, None])
+        log_all = torch.logsumexp(a + (lse_b_all + lse_c_all)[:, :, :, :, None, :], dim=-1)
+        log_real = torch.logsumexp(
+            a[..., :n] + (lse_b_real + lse_c_real)[:, :, :, :, None, :n], dim=-1)
+        virtual = log_all + _log1mexp(log_real - log_all)
+        return virtual.reshape(a.shape[0], a.shape[1], n ** 3, 1)
 
 
 def _window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
