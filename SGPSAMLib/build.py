@@ -44,6 +44,13 @@ PRESETS: dict[str, ModelConfig] = {
         global_attn_indexes=(1, 3), mask_in_chans=8, decoder_num_heads=2, decoder_mlp_dim=64,
         iou_head_hidden_dim=32, sgpm_blocks=(1, 3), sgpm_gate_hidden=8, sgpm_bottleneck=8,
     ),
+    # The bundled demo model: small enough to train on a CPU in under an hour and to ship
+    # (about 4.5 M parameters, < 25 MB), same geometry as SAM-Med3D.
+    "demo": ModelConfig(
+        preset="demo", embed_dim=192, depth=6, num_heads=4, out_chans=96,
+        global_attn_indexes=(2, 5), mask_in_chans=8, decoder_num_heads=4, decoder_mlp_dim=256,
+        iou_head_hidden_dim=64, sgpm_blocks=(2, 5), sgpm_gate_hidden=32, sgpm_bottleneck=32,
+    ),
 }
 
 PathLike = Union[str, os.PathLike]

@@ -7,6 +7,8 @@ possible, and nothing is written on failure. ``--verbose`` adds logging and trac
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -33,13 +35,21 @@ from .session import InteractiveSession
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["main", "build_parser", "parse_point", "PointArg"]
+__all__ = ["main", "build_parser", "parse_point", "PointArg", "COMMAND_MODULES"]
 
 log = logging.getLogger(__name__)
 
 PROG = "sgpsam"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+# Further sub-commands live in their own modules, each exposing
+# ``register(commands, common)``: it adds its sub-parser to ``commands`` (an argparse
+# sub-parsers object; pass ``parents=[common]`` for --json/--verbose) and sets
+# ``handler=<function(args) -> int>``. Those modules must not import torch at module level
+# so that ``sgpsam --help`` stays fast.
+COMMAND_MODULES = ("cli_download", "cli_synth", "cli_train", "cli_evaluate", "cli_demo",
+                   "cli_batch")
 
 _POINT_HELP = """\
 a click as R,A,S[,+|-]: coordinates in mm (RAS, as Slicer shows them; LPS with --lps) and an
@@ -146,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "of a checkpoint.")
     info.add_argument("checkpoint", metavar="CKPT", help="checkpoint file")
     info.set_defaults(handler=_info)
+
+    for name in COMMAND_MODULES:
+        qualified = f"{__package__}.{name}"
+        if importlib.util.find_spec(qualified) is not None:
+            importlib.import_module(qualified).register(commands, common)
     return parser
 
 

@@ -122,7 +122,18 @@ def test_unusable_files(tmp_path: Path, content: object, match: str) -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         build_model("huge")
-    assert set(PRESETS) == {"sam_med3d", "sgp_sam", "tiny"}
+    assert set(PRESETS) == {"sam_med3d", "sgp_sam", "tiny", "demo"}
+
+
+def test_demo_preset_fits_the_bundle_budget() -> None:
+    """The bundled demo model must stay under 25 MB as float32 and keep SAM-Med3D's geometry."""
+    torch.manual_seed(0)
+    model = build_model("demo")
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 3_000_000 < n_params * 4 < 25_000_000
+    assert model.config.image_size == 128 and model.config.crop_spacing_mm == 1.5
+    assert model.low_res_size == 32
+    assert any(".sgpm." in name for name, _ in model.named_parameters())
 
 
 def test_save_failure_leaves_nothing(tmp_path: Path) -> None:
