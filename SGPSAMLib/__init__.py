@@ -23,6 +23,16 @@ _PUBLIC = {
     "ZoomLoss": "losses",
     "InteractiveSession": "session", "Prediction": "session",
     "resolve_device": "devices",
+    "ModelInfo": "models", "KNOWN_MODELS": "models", "resolve_model": "models",
+    "bundled_model_path": "models", "cache_dir": "models", "cached_model_path": "models",
+    "model_status": "models",
+    "download": "download", "download_model": "download", "DownloadError": "download",
+    "DownloadIntegrityError": "download", "DownloadCancelled": "download",
+    "ConsentRequired": "download",
+    "run_batch": "batch", "BatchConfig": "batch", "BatchSummary": "batch",
+    "find_volumes": "batch",
+    "Seed": "seeds", "read_markups": "seeds", "read_seed_csv": "seeds",
+    "SegmentInfo": "segfile", "write_segmentation": "segfile", "read_segmentation": "segfile",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     segment.add_argument("image", metavar="IMAGE",
                          help="NIfTI, NRRD or MHA file, or a folder holding one DICOM series")
-    segment.add_argument("--model", required=True, metavar="CKPT", help="checkpoint file")
+    segment.add_argument("--model", required=True, metavar="CKPT",
+                         help="checkpoint file, or a model name: demo (bundled), "
+                              "sam_med3d_turbo (after `sgpsam download`)")
     segment.add_argument("--point", required=True, action="append", metavar="R,A,S[,+|-]",
                          help=_POINT_HELP)
     segment.add_argument("--lps", action="store_true",
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "info", parents=[common], help="describe a checkpoint",
         description="Architecture, SGPM blocks, parameter count, provenance, size and SHA-256 "
                     "of a checkpoint.")
-    info.add_argument("checkpoint", metavar="CKPT", help="checkpoint file")
+    info.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or model name")
     info.set_defaults(handler=_info)
 
     for name in COMMAND_MODULES:
@@ -202,6 +204,19 @@ def _check_output_path(out: Path, image: Path) -> None:
         raise VolumeIOError(f"--out {out}: is the input image; choose another file")
 
 
+def _resolve_checkpoint(spec: str, option: str) -> Path:
+    """A checkpoint file, or a known model name (``demo``, ``sam_med3d_turbo``) -> its file."""
+    from .models import KNOWN_MODELS, resolve_model
+
+    if spec in KNOWN_MODELS:
+        return resolve_model(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise CheckpointError(f"{option} {path}: checkpoint file not found (nor a model name: "
+                              f"{', '.join(sorted(KNOWN_MODELS))})")
+    return path
+
+
 def _resolve_device(name: str) -> torch.device:
     try:
         return resolve_device(name)
@@ -225,14 +240,13 @@ def _check_points_inside(volume: Volume, points: list[PointArg], ras: np.ndarray
 
 def _segment(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    image, out, checkpoint = Path(args.image), Path(args.out), Path(args.model)
+    image, out = Path(args.image), Path(args.out)
     # Cheap checks first: nothing slow runs and nothing is written if any of them fails.
     points = [parse_point(text) for text in args.point]
     xyz = np.array([p.xyz for p in points], dtype=np.float64)
     ras = lps_to_ras(xyz) if args.lps else xyz
     _check_output_path(out, image)
-    if not checkpoint.is_file():
-        raise CheckpointError(f"--model {checkpoint}: checkpoint file not found")
+    checkpoint = _resolve_checkpoint(args.model, "--model")
     device = _resolve_device(args.device)
     volume = read_volume(image)
     _check_points_inside(volume, points, ras, image)
@@ -266,7 +280,7 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    description = describe_checkpoint(args.checkpoint)
+    description = describe_checkpoint(_resolve_checkpoint(args.checkpoint, "CKPT"))
     if args.json:
         print(json.dumps(description))
         return 0

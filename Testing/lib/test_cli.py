@@ -340,7 +340,18 @@ def test_info(capsys, checkpoint) -> None:
 def test_info_missing_file(capsys, tmp_path) -> None:
     code, out, err = _run(capsys, "info", tmp_path / "none.pth")
     assert code == 2 and out == ""
-    assert err.startswith("sgpsam: error: checkpoint file not found")
+    assert err.startswith("sgpsam: error: CKPT ") and "checkpoint file not found" in err
+
+
+def test_model_names_resolve_through_the_registry(capsys, tmp_path, monkeypatch) -> None:
+    """`--model demo` / `info demo` use the bundled file, wherever SGPSAM_DEMO_MODEL points."""
+    checkpoint = tmp_path / "demo.pt"
+    torch.manual_seed(0)
+    save_checkpoint(build_model("tiny"), checkpoint)
+    monkeypatch.setenv("SGPSAM_DEMO_MODEL", str(checkpoint))
+    code, out, err = _run(capsys, "info", "demo", "--json")
+    assert code == 0, err
+    assert json.loads(out)["path"] == str(checkpoint)
 
 
 def test_python_dash_m_help() -> None:

@@ -1,0 +1,889 @@
+"""Batch segmentation: a folder of volumes + seed points -> one labelmap per case + a summary.
+
+``run_batch(BatchConfig(...))`` is what ``sgpsam batch`` and Slicer's Batch tab run. The
+behaviours a user relies on, each a deliberate choice:
+
+- **Cases.** :func:`find_volumes` lists NIfTI, NRRD and MetaImage files and DICOM series
+  folders (a folder holding ``*.dcm`` files or files with the DICOM ``DICM`` marker) in the
+  input folder (sub-folders too with ``recursive``), skipping hidden entries, ``*.seg.nrrd``
+  files and the output folder. The case id is the path relative to the input folder without
+  its format suffix (``sub/case01``), sorted, so every run and every shard sees the same list.
+- **Seeds** come from ``<case>.mrk.json`` next to the image (also ``<case>.<anything>.mrk.json``,
+  e.g. one file per lesion; a file goes to the case with the longest matching name; for a
+  DICOM folder also ``*.mrk.json`` inside it), or from one CSV for the whole cohort whose
+  ``case`` column holds the case id or, when unambiguous, the file name without suffix.
+  Sign and lesion conventions: :mod:`SGPSAMLib.seeds`.
+- **Lesions.** Lesion n (in order of first appearance) gets label value n. The prompts are
+  reset between lesions but the region embeddings of the case are kept, and a lesion whose
+  first positive seed lies in the central half of an already encoded region reuses it, so
+  nearby lesions cost one encoder pass. A voxel claimed by an earlier lesion is never
+  overwritten by a later one (the count of such voxels is reported per lesion). A lesion
+  without a positive seed is skipped with a warning.
+- **Outputs** go to ``<output>/<case id><.nii.gz|.nrrd|.seg.nrrd>`` on the input's exact grid
+  (``.seg.nrrd``: one named, coloured segment per lesion), written atomically: a crash or a
+  stop never leaves a partial file under the final name (and stray temporary files of an
+  earlier hard kill are removed when the case is redone).
+- **Failures** of one case (unreadable image, seed outside the image, out of memory ...) are
+  reported as status ``failed`` with the message, and the run goes on. A case without seeds
+  (or with negative seeds only) is reported as ``no_seeds`` and nothing is written.
+- **Resume.** After every case a JSON line is appended to
+  ``<output>/sgpsam_batch[_shardIofN].jsonl`` and the summary files are rewritten atomically.
+  A case is skipped (status ``skipped``, earlier numbers kept) when some journal in the output
+  folder says ``ok`` for the same image, output file, seed points and model, and the output
+  file exists; ``overwrite`` redoes every case. Failed and ``no_seeds`` cases are retried.
+- **Stop.** ``stop()`` is polled before every case and every lesion; a stop abandons the
+  current case (nothing written for it), writes the summary and ends with ``stopped``.
+- **Shards.** ``shard=(i, n)`` processes cases ``i, i + n, i + 2n, ...`` of the sorted list
+  (``0 <= i < n``), so the ``n`` jobs of a cluster array cover every case exactly once; each
+  writes its own journal and ``summary_shard{i}of{n}.csv/.json`` into the shared output
+  folder. A final run without ``shard`` skips all finished cases and writes the full summary.
+- **One model.** The checkpoint is loaded once per run (on the first case that needs it).
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from glob import escape as glob_escape
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import CheckpointError, PromptError, SGPSAMError, VolumeIOError
+from .geometry import Volume
+from .io import atomic_write, read_volume, write_labelmap
+from .seeds import (
+    SPACES,
+    Lesion,
+    Seed,
+    group_lesions,
+    read_markups,
+    read_seed_csv,
+    seeds_fingerprint,
+)
+from .segfile import SegmentInfo, default_color, write_segmentation
+
+__all__ = ["BatchConfig", "BatchSummary", "CaseInput", "CaseResult", "find_volumes",
+           "shard_cases", "parse_shard", "run_batch", "output_path", "OUTPUT_FORMATS",
+           "IMAGE_SUFFIXES", "STATUSES", "SUMMARY_COLUMNS", "JOURNAL_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+ProgressFn = Callable[[dict], None]
+StopFn = Callable[[], bool]
+
+OUTPUT_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd"}
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+STATUSES = ("ok", "skipped", "no_seeds", "failed")
+SUMMARY_COLUMNS = ("case", "image", "output", "lesions", "voxels", "volume_ml", "seconds",
+                   "status", "error")
+JOURNAL_PREFIX = "sgpsam_batch"
+MARKUPS_SUFFIX = ".mrk.json"
+_TMP_NAME = re.compile(r"\.tmp[0-9a-f]{8}")
+_DICOM_PROBE_FILES = 3
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One case: its id (relative path without suffix, '/'-separated) and image file/folder."""
+
+    case_id: str
+    path: Path
+    dicom: bool = False
+
+
+@dataclass
+class BatchConfig:
+    """Everything a batch run needs (see the module docstring for the behaviours).
+
+    Attributes:
+        input: folder of volumes.
+        output: folder for outputs, journal and summary (created if missing; not ``input``).
+        model: checkpoint path, a known model name (``SGPSAMLib.models``), or a loaded model
+            object with the session's interface.
+        seeds: "markups" (``<case>.mrk.json`` files) or the path of one CSV.
+        csv_space: coordinate system of CSV rows without a ``space`` value: "RAS" or "LPS".
+        output_format: "nii.gz", "nrrd" (labelmaps) or "seg.nrrd" (Slicer segmentation).
+        recursive: also search sub-folders.
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps".
+        shard: (i, n) to process every n-th case starting at i (0-based), or None for all.
+        resume: skip cases a journal marks finished (see module docstring).
+        overwrite: redo every case (wins over ``resume``).
+        modality: "auto", "CT" or "MR" intensity normalisation.
+        prompt_mode: "latest" or "cumulative" (see ``InteractiveSession``).
+        extend_at_border: follow large lesions across region borders with extra windows.
+        max_windows: most windows per lesion.
+        reuse_regions: let a lesion reuse an encoded region of an earlier lesion of the case.
+    """
+
+    input: PathLike
+    output: PathLike
+    model: Any
+    seeds: str | PathLike = "markups"
+    csv_space: str = "RAS"
+    output_format: str = "nii.gz"
+    recursive: bool = False
+    device: str = "auto"
+    shard: tuple[int, int] | None = None
+    resume: bool = True
+    overwrite: bool = False
+    modality: str = "auto"
+    prompt_mode: str = "latest"
+    extend_at_border: bool = True
+    max_windows: int = 8
+    reuse_regions: bool = True
+
+
+@dataclass
+class CaseResult:
+    """One summary row plus the details that go to the JSON summary and the journal."""
+
+    case: str
+    image: str
+    output: str = ""
+    lesions: int = 0
+    voxels: int = 0
+    volume_ml: float = 0.0
+    seconds: float = 0.0
+    status: str = "failed"
+    error: str = ""
+    lesion_details: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seeds_sha: str = ""
+    model: str = ""
+    output_format: str = ""
+    finished_at: str = ""
+
+    def row(self) -> dict[str, Any]:
+        """The summary table row (SUMMARY_COLUMNS)."""
+        return {"case": self.case, "image": self.image, "output": self.output,
+                "lesions": self.lesions, "voxels": self.voxels,
+                "volume_ml": round(self.volume_ml, 4), "seconds": round(self.seconds, 3),
+                "status": self.status, "error": self.error}
+
+    def record(self) -> dict[str, Any]:
+        """Everything, JSON-ready (journal line and JSON summary entry)."""
+        record = asdict(self)
+        record.update(self.row())
+        return record
+
+
+@dataclass
+class BatchSummary:
+    """What a run did: one result per case handled, in case order, and where it wrote."""
+
+    results: list[CaseResult]
+    stopped: bool
+    seconds: float
+    total: int
+    found: int
+    summary_csv: Path
+    summary_json: Path
+    journal: Path
+    unmatched_seed_cases: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for result in self.results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return counts
+
+    def done_event(self) -> dict[str, Any]:
+        return {"event": "done", "stopped": self.stopped, "total": self.total,
+                "processed": len(self.results), "counts": self.counts,
+                "seconds": round(self.seconds, 3), "summary_csv": str(self.summary_csv),
+                "summary_json": str(self.summary_json), "journal": str(self.journal),
+                "unmatched_seed_cases": list(self.unmatched_seed_cases)}
+
+
+class _Stopped(Exception):
+    """Raised inside a case when the stop flag is seen: abandon it, write nothing."""
+
+
+class _CallbackError(Exception):
+    """A progress or stop callback raised: not the case's fault, so the run ends with it."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Finding cases and splitting them.
+
+def _image_suffix(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return suffix
+    return None
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    """A folder holding ``*.dcm`` files or files with the DICOM preamble marker (cheap probe)."""
+    probed = 0
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        if entry.name.lower().endswith(".dcm"):
+            return True
+        if _image_suffix(entry.name) or entry.name.lower().endswith((".json", ".csv", ".txt")):
+            continue
+        if probed >= _DICOM_PROBE_FILES:
+            continue
+        probed += 1
+        try:
+            with open(entry.path, "rb") as f:
+                head = f.read(132)
+        except OSError:
+            continue
+        if len(head) == 132 and head[128:132] == b"DICM":
+            return True
+    return False
+
+
+def find_volumes(folder: PathLike, recursive: bool = False,
+                 exclude: Iterable[PathLike] = ()) -> list[CaseInput]:
+    """Cases in ``folder``: image files and DICOM series folders, sorted by case id.
+
+    Args:
+        folder: the input folder.
+        recursive: search sub-folders at any depth (otherwise only the folder itself and its
+            DICOM series sub-folders).
+        exclude: folders to leave out (e.g. the output folder when it lies inside the input).
+
+    Raises:
+        VolumeIOError: ``folder`` is not a folder, or two inputs map to the same case id
+            (``a.nii.gz`` and ``a.nrrd``).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise VolumeIOError(f"input {root}: not a folder; expected a folder of volumes "
+                            "(NIfTI, NRRD, MHA files or DICOM series folders)")
+    excluded = {Path(p).resolve() for p in exclude}
+    cases: list[CaseInput] = []
+
+    def case_id(path: Path, suffix: str) -> str:
+        rel = path.relative_to(root).as_posix()
+        return rel[: len(rel) - len(suffix)] if suffix else rel
+
+    if _is_dicom_folder(root):  # the input itself is one DICOM series
+        return [CaseInput(root.resolve().name, root, True)]
+    for current, dirs, files in os.walk(root):
+        here = Path(current)
+        kept = []
+        for name in sorted(dirs):
+            sub = here / name
+            if name.startswith(".") or sub.resolve() in excluded:
+                continue
+            if _is_dicom_folder(sub):
+                cases.append(CaseInput(case_id(sub, ""), sub, True))
+            elif recursive:
+                kept.append(name)
+        dirs[:] = kept
+        for name in sorted(files):
+            suffix = _image_suffix(name)
+            if suffix is None or name.startswith(".") or name.lower().endswith(".seg.nrrd"):
+                continue
+            cases.append(CaseInput(case_id(here / name, suffix), here / name, False))
+    cases.sort(key=lambda c: c.case_id)
+    seen: dict[str, CaseInput] = {}
+    for case in cases:
+        if case.case_id in seen:
+            raise VolumeIOError(f"input {root}: {seen[case.case_id].path.name} and "
+                                f"{case.path.name} both give case id {case.case_id!r}; rename or "
+                                "move one of them")
+        seen[case.case_id] = case
+    return cases
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n (e.g. '0/4' .. '3/4'), or SGPSAMError naming the value."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise SGPSAMError(f"--shard {text!r}: expected i/n, e.g. 0/4 for the first of four shards")
+    index, count = int(match.group(1)), int(match.group(2))
+    _check_shard(index, count, f"--shard {text!r}")
+    return index, count
+
+
+def _check_shard(index: int, count: int, what: str) -> None:
+    if count < 1 or not 0 <= index < count:
+        raise SGPSAMError(f"{what}: shard index must satisfy 0 <= i < n, got i={index}, "
+                          f"n={count} (shards are numbered from 0)")
+
+
+def shard_cases(cases: Sequence[CaseInput], index: int, count: int) -> list[CaseInput]:
+    """Cases ``index, index + count, ...`` of the sorted list: shards partition the cohort."""
+    _check_shard(index, count, "shard")
+    return list(cases[index::count])
+
+
+def output_path(output: PathLike, case_id: str, output_format: str) -> Path:
+    """Where a case's result goes: ``<output>/<case id><suffix>``."""
+    if output_format not in OUTPUT_FORMATS:
+        raise SGPSAMError(f"output format {output_format!r}; expected one of "
+                          f"{', '.join(OUTPUT_FORMATS)}")
+    return Path(output) / (case_id + OUTPUT_FORMATS[output_format])
+
+
+# ------------------------------------------------------------------------------------------------
+# Seeds per case.
+
+def _markups_files(cases: Sequence[CaseInput]) -> dict[str, list[Path]]:
+    """case id -> its markups files (see module docstring), each file given to one case."""
+    by_folder: dict[Path, list[tuple[str, CaseInput]]] = {}
+    for case in cases:
+        stem = case.path.name if case.dicom else case.path.name[
+            : len(case.path.name) - len(_image_suffix(case.path.name) or "")]
+        by_folder.setdefault(case.path.parent, []).append((stem, case))
+    result: dict[str, list[Path]] = {c.case_id: [] for c in cases}
+    for folder, entries in by_folder.items():
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.lower().endswith(MARKUPS_SUFFIX))
+        except OSError:
+            continue
+        for name in names:
+            base = name[: -len(MARKUPS_SUFFIX)]
+            owners = [(stem, case) for stem, case in entries
+                      if base == stem or base.startswith(stem + ".")]
+            if owners:
+                owner = max(owners, key=lambda e: len(e[0]))[1]
+                result[owner.case_id].append(folder / name)
+    for case in cases:
+        if case.dicom:
+            inside = sorted(p for p in case.path.iterdir()
+                            if p.name.lower().endswith(MARKUPS_SUFFIX))
+            result[case.case_id].extend(inside)
+    return result
+
+
+def _strip_image_suffix(name: str) -> str:
+    suffix = _image_suffix(name)
+    return name[: len(name) - len(suffix)] if suffix else name
+
+
+def _match_csv_cases(seed_map: dict[str, list[Seed]], cases: Sequence[CaseInput]
+                     ) -> tuple[dict[str, list[Seed]], list[str]]:
+    """CSV case names -> case ids (exact id, else unique file stem); and unmatched names."""
+    ids = {c.case_id for c in cases}
+    by_stem: dict[str, list[str]] = {}
+    for c in cases:
+        by_stem.setdefault(c.case_id.rsplit("/", 1)[-1], []).append(c.case_id)
+    matched: dict[str, list[Seed]] = {}
+    unmatched: list[str] = []
+    for name, seeds in seed_map.items():
+        key = _strip_image_suffix(name.strip().replace("\\", "/"))
+        if key in ids:
+            target = key
+        elif len(by_stem.get(key, [])) == 1:
+            target = by_stem[key][0]
+        else:
+            unmatched.append(name)
+            continue
+        matched.setdefault(target, []).extend(seeds)
+    return matched, unmatched
+
+
+# ------------------------------------------------------------------------------------------------
+# Journal and summary files.
+
+def _shard_suffix(shard: tuple[int, int] | None) -> str:
+    return "" if shard is None else f"_shard{shard[0]}of{shard[1]}"
+
+
+def _read_journals(folder: Path) -> dict[str, dict]:
+    """Latest record per case over every journal in ``folder`` (torn last lines ignored)."""
+    latest: dict[str, dict] = {}
+    for path in sorted(folder.glob(f"{JOURNAL_PREFIX}*.jsonl")):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            log.warning("cannot read journal %s: %s", path, exc)
+            continue
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or "case" not in record:
+                continue
+            previous = latest.get(record["case"])
+            if previous is None or str(record.get("finished_at", "")) >= \
+                    str(previous.get("finished_at", "")):
+                latest[record["case"]] = record
+    return latest
+
+
+def _append_journal(path: Path, record: dict) -> None:
+    line = json.dumps(record, separators=(",", ":")) + "\n"
+    try:
+        with open(path, "a", encoding="utf-8") as f:  # one write; a torn last line is ignored
+            f.write(line)
+    except OSError as exc:
+        raise VolumeIOError(f"cannot write the batch journal {path}: {exc}") from exc
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    with atomic_write(path) as tmp:
+        try:
+            tmp.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise VolumeIOError(f"cannot write {path}: {exc}") from exc
+
+
+def _write_summary(results: Sequence[CaseResult], csv_path: Path, json_path: Path,
+                   meta: dict) -> None:
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(SUMMARY_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        writer.writerow(result.row())
+    _write_text_atomic(csv_path, buffer.getvalue())
+    counts = dict.fromkeys(STATUSES, 0)
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    document = dict(meta, counts=counts, cases=[r.record() for r in results])
+    _write_text_atomic(json_path, json.dumps(document, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# The run.
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error for the summary: our messages as they are, others prefixed by their type."""
+    text = re.sub(r"\s*\n\s*", " ", str(exc)).strip()
+    if isinstance(exc, (SGPSAMError, OSError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _model_id(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return str(Path(model).resolve())
+    meta = getattr(model, "checkpoint_metadata", None)
+    if isinstance(meta, dict) and meta.get("path"):
+        return str(Path(meta["path"]).resolve())
+    return type(model).__name__
+
+
+def _resolve_model_spec(spec: Any) -> Any:
+    """A path, a known model name (via SGPSAMLib.models when present) or a model object."""
+    if not isinstance(spec, (str, os.PathLike)):
+        if not all(hasattr(spec, name) for name in ("encode", "decode", "config")):
+            raise CheckpointError(f"model {type(spec).__name__}: expected a checkpoint path, a "
+                                  "known model name or a model with encode/decode/config")
+        return spec
+    try:
+        from .models import resolve_model
+    except ImportError:
+        resolve_model = None
+    if resolve_model is not None:
+        return resolve_model(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise CheckpointError(f"model {spec}: checkpoint file not found")
+    return path
+
+
+class _Runner:
+    """State of one run: the model (loaded once), seeds, journal, results."""
+
+    def __init__(self, config: BatchConfig, progress: ProgressFn | None,
+                 stop: StopFn | None) -> None:
+        self.config = config
+        self.progress = progress
+        self.stop = stop or (lambda: False)
+        self._model = None
+        self.model_spec = _resolve_model_spec(config.model)
+        self.model_id = _model_id(self.model_spec)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def emit(self, event: dict) -> None:
+        if self.progress is not None:
+            try:
+                self.progress(event)
+            except Exception as exc:
+                raise _CallbackError(exc) from exc
+
+    def stopping(self) -> bool:
+        try:
+            return bool(self.stop())
+        except Exception as exc:
+            raise _CallbackError(exc) from exc
+
+    def model(self):
+        if self._model is None:
+            spec = self.model_spec
+            if isinstance(spec, Path):
+                from .build import load_model  # torch import only when a case needs it
+                tick = time.perf_counter()
+                self._model = load_model(spec, device=self.device)
+                log.info("loaded %s in %.1f s", spec, time.perf_counter() - tick)
+            else:
+                self._model = spec
+        return self._model
+
+    def session(self):
+        from .session import InteractiveSession
+        c = self.config
+        return InteractiveSession(self.model(), device=self.device, prompt_mode=c.prompt_mode,
+                                  extend_at_border=c.extend_at_border,
+                                  max_windows=c.max_windows)
+
+    # -- one case --------------------------------------------------------------------------
+
+    def seeds_for(self, case: CaseInput) -> tuple[list[Seed], str]:
+        """The case's seeds and, when there are none, why."""
+        if self.seed_map is not None:
+            seeds = self.seed_map.get(case.case_id, [])
+            return seeds, "" if seeds else f"case {case.case_id!r} has no rows in {self.csv_name}"
+        files = self.markups.get(case.case_id, [])
+        if not files:
+            where = case.path.parent / (
+                (case.path.name if case.dicom else _strip_image_suffix(case.path.name))
+                + MARKUPS_SUFFIX)
+            return [], f"no seed file (expected {where})"
+        stem = case.path.name if case.dicom else _strip_image_suffix(case.path.name)
+        seeds: list[Seed] = []
+        taken: set[str] = set()
+        for path in files:
+            base = path.name[: -len(MARKUPS_SUFFIX)]
+            tag = base[len(stem) + 1:] if base.startswith(stem + ".") else None
+            seeds.extend(read_markups(path, lesion_name=tag or None, taken=taken))
+        return seeds, "" if seeds else "the markups file(s) hold no defined control points"
+
+    def previous_ok(self, case: CaseInput, out: Path, sha: str) -> dict | None:
+        c = self.config
+        if c.overwrite or not c.resume:
+            return None
+        record = self.journal.get(case.case_id)
+        if not record or record.get("status") not in ("ok", "skipped"):
+            return None
+        same = (record.get("image") == str(case.path.resolve())
+                and record.get("output") == str(out.resolve())
+                and record.get("seeds_sha") == sha
+                and record.get("model") == self.model_id)
+        return record if same and out.is_file() else None
+
+    def segment(self, case: CaseInput, volume: Volume, lesions: list[Lesion],
+                result: CaseResult, index: int) -> np.ndarray:
+        """Label array with lesion n = n (first come, first kept)."""
+        c = self.config
+        for lesion in lesions:
+            for seed in lesion.seeds:
+                if not volume.contains_ras(seed.ras):
+                    r, a, s = seed.ras
+                    raise PromptError(f"seed {seed.source} (lesion {lesion.name!r}, RAS {r:.1f}, "
+                                      f"{a:.1f}, {s:.1f} mm) is outside the image {case.path}")
+        session = self.session()
+        session.set_volume(volume, modality=c.modality)
+        dtype = np.uint8 if len(lesions) < 256 else np.uint16
+        labels = np.zeros(volume.array.shape, dtype=dtype)
+        for n, lesion in enumerate(lesions, start=1):
+            self.emit(self.progress_event(index, case, "segment", n, len(lesions)))
+            if self.stopping():
+                raise _Stopped
+            detail = {"name": lesion.name, "label_value": lesion.label_value,
+                      "seeds": len(lesion.seeds),
+                      "positive": sum(s.positive for s in lesion.seeds),
+                      "voxels": 0, "volume_ml": 0.0, "overlap_voxels": 0,
+                      "encoded_regions": 0}
+            result.lesion_details.append(detail)
+            if not lesion.has_positive:
+                result.warnings.append(f"lesion {lesion.name!r}: no positive seed; skipped")
+                continue
+            session.reset()
+            if c.reuse_regions:
+                self.adopt_cached_region(session, lesion)
+            encodes = 0
+            for seed in lesion.seeds:
+                prediction = session.add_point(seed.ras, positive=seed.positive)
+                encodes += int(prediction.timings.get("encode", 0.0) > 0.0)
+            detail["encoded_regions"] = encodes
+            written, overlap = _assign(labels, session.state, lesion.label_value)
+            detail["voxels"] = written
+            detail["overlap_voxels"] = overlap
+            detail["volume_ml"] = round(written * _voxel_ml(volume), 4)
+            if written == 0:
+                result.warnings.append(f"lesion {lesion.name!r}: empty mask")
+        return labels
+
+    @staticmethod
+    def adopt_cached_region(session, lesion: Lesion) -> None:
+        """Make the lesion's first positive seed reuse an encoded region holding it centrally."""
+        state = session.state
+        first = next((s for s in lesion.seeds if s.positive), None)
+        if first is None or not state.embeddings:
+            return
+        for region in reversed(list(state.embeddings)):
+            margin = region.size / 4 - region.centre_index  # central half, as the session does
+            if region.contains_ras(first.ras, margin_voxels=margin) and \
+                    state.volume.contains_ras(np.asarray(region.centre_ras)):
+                session.prepare(region.centre_ras)
+                return
+
+    def write(self, labels: np.ndarray, volume: Volume, lesions: list[Lesion], out: Path) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out)
+        if self.config.output_format == "seg.nrrd":
+            segments = [SegmentInfo(lesion.label_value, lesion.name,
+                                    default_color(lesion.label_value)) for lesion in lesions]
+            write_segmentation(labels, volume, out, segments)
+        else:
+            write_labelmap(labels, volume, out)
+
+    def progress_event(self, index: int, case: CaseInput, stage: str, lesion: int = 0,
+                       lesions: int = 0) -> dict:
+        done = self.processed
+        eta = None
+        if self.work_seconds and self.worked:
+            eta = round(self.work_seconds / self.worked * (self.total - done), 1)
+        return {"event": "progress", "step": done, "total_steps": self.total,
+                "case": case.case_id, "case_index": index, "stage": stage, "lesion": lesion,
+                "lesions": lesions, "eta_s": eta}
+
+    def run_case(self, case: CaseInput, index: int) -> CaseResult:
+        c = self.config
+        start = time.perf_counter()
+        out = output_path(c.output, case.case_id, c.output_format)
+        result = CaseResult(case=case.case_id, image=str(case.path.resolve()),
+                            model=self.model_id, output_format=c.output_format)
+        try:
+            self.emit(self.progress_event(index, case, "seeds"))
+            seeds, why = self.seeds_for(case)
+            result.seeds_sha = seeds_fingerprint(seeds)
+            previous = self.previous_ok(case, out, result.seeds_sha)
+            if previous is not None:
+                for key in ("output", "lesions", "voxels", "volume_ml", "seconds",
+                            "lesion_details", "warnings", "finished_at"):
+                    if key in previous:
+                        setattr(result, key, previous[key])
+                result.status = "skipped"
+                return result
+            lesions = group_lesions(seeds)
+            if not seeds or not any(lesion.has_positive for lesion in lesions):
+                result.status = "no_seeds"
+                result.error = why or "only negative seed points; nothing to segment"
+                return result
+            if out.resolve() == case.path.resolve():
+                raise VolumeIOError(f"output {out} would overwrite the input image")
+            self.emit(self.progress_event(index, case, "read"))
+            volume = read_volume(case.path)
+            labels = self.segment(case, volume, lesions, result, index)
+            self.emit(self.progress_event(index, case, "write"))
+            self.write(labels, volume, lesions, out)
+            voxels = sum(d["voxels"] for d in result.lesion_details)
+            result.output = str(out.resolve())
+            result.lesions = len(lesions)
+            result.voxels = int(voxels)
+            result.volume_ml = voxels * _voxel_ml(volume)
+            result.status = "ok"
+        except (_Stopped, _CallbackError):
+            raise
+        except Exception as exc:  # one bad case must not stop the cohort
+            log.warning("case %s failed: %s", case.case_id, exc, exc_info=log.isEnabledFor(
+                logging.DEBUG))
+            result.status = "failed"
+            result.error = _one_line(exc)
+            _free_device_memory()
+        finally:
+            result.seconds = time.perf_counter() - start if result.status != "skipped" \
+                else result.seconds
+            result.finished_at = _now()
+        return result
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> BatchSummary:
+        c = self.config
+        started = time.perf_counter()
+        in_dir, out_dir = Path(c.input), Path(c.output)
+        if c.output_format not in OUTPUT_FORMATS:
+            raise SGPSAMError(f"output format {c.output_format!r}; expected one of "
+                              f"{', '.join(OUTPUT_FORMATS)}")
+        if str(c.csv_space).upper() not in SPACES:
+            raise SGPSAMError(f"csv space {c.csv_space!r}; expected RAS or LPS")
+        if not in_dir.is_dir():
+            raise VolumeIOError(f"input {in_dir}: not a folder; expected a folder of volumes")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise VolumeIOError(f"output {out_dir}: is a file; expected a folder")
+        if out_dir.resolve() == in_dir.resolve():
+            raise VolumeIOError(f"output {out_dir}: is the input folder; choose another folder "
+                                "so outputs are never mistaken for inputs")
+        from .devices import resolve_device
+        try:
+            self.device = resolve_device(c.device)
+        except ValueError as exc:
+            raise SGPSAMError(f"device: {exc}") from None
+        cases_all = find_volumes(in_dir, c.recursive, exclude=[out_dir])
+        self.seed_map = None
+        self.csv_name = ""
+        unmatched: list[str] = []
+        if str(c.seeds) == "markups":
+            self.markups = _markups_files(cases_all)
+        else:
+            csv_path = Path(c.seeds)
+            self.csv_name = csv_path.name
+            self.seed_map, unmatched = _match_csv_cases(
+                read_seed_csv(csv_path, space=str(c.csv_space).upper()), cases_all)
+            if unmatched:
+                log.warning("%d case name(s) in %s match no volume: %s", len(unmatched),
+                            csv_path, ", ".join(unmatched[:10]))
+        cases = list(cases_all) if c.shard is None else shard_cases(cases_all, *c.shard)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VolumeIOError(f"output {out_dir}: cannot create folder ({exc})") from exc
+        suffix = _shard_suffix(c.shard)
+        journal_path = out_dir / f"{JOURNAL_PREFIX}{suffix}.jsonl"
+        csv_path_out = out_dir / f"summary{suffix}.csv"
+        json_path_out = out_dir / f"summary{suffix}.json"
+        self.journal = _read_journals(out_dir) if c.resume and not c.overwrite else {}
+        self.total = len(cases)
+        self.processed = 0
+        self.worked = 0
+        self.work_seconds = 0.0
+        meta = {"version": 1, "input": str(in_dir.resolve()), "output": str(out_dir.resolve()),
+                "model": self.model_id, "format": c.output_format,
+                "seeds": str(c.seeds) if str(c.seeds) == "markups"
+                else str(Path(c.seeds).resolve()),
+                "shard": list(c.shard) if c.shard else None, "found": len(cases_all),
+                "total": len(cases), "started_at": _now(), "stopped": False,
+                "unmatched_seed_cases": unmatched}
+        self.emit({"event": "start", "total": len(cases), "total_steps": len(cases),
+                   "found": len(cases_all), "shard": meta["shard"], "input": meta["input"],
+                   "output": meta["output"], "format": c.output_format, "model": self.model_id,
+                   "device": str(self.device), "resume": bool(c.resume and not c.overwrite)})
+        results: list[CaseResult] = []
+        stopped = False
+        try:
+            for index, case in enumerate(cases):
+                if self.stopping():
+                    stopped = True
+                    break
+                try:
+                    result = self.run_case(case, index)
+                except _Stopped:
+                    log.info("stop requested: case %s abandoned, nothing written",
+                             case.case_id)
+                    stopped = True
+                    break
+                results.append(result)
+                self.processed += 1
+                if result.status not in ("skipped",):
+                    self.worked += 1
+                    self.work_seconds += result.seconds
+                    _append_journal(journal_path, result.record())
+                meta["finished_at"] = _now()
+                _write_summary(results, csv_path_out, json_path_out, meta)
+                self.emit(dict(result.row(), event="case", index=index + 1, total=len(cases),
+                               warnings=result.warnings))
+        finally:
+            meta["stopped"] = stopped
+            meta["finished_at"] = _now()
+            _write_summary(results, csv_path_out, json_path_out, meta)
+        summary = BatchSummary(results=results, stopped=stopped,
+                               seconds=time.perf_counter() - started, total=len(cases),
+                               found=len(cases_all), summary_csv=csv_path_out,
+                               summary_json=json_path_out, journal=journal_path,
+                               unmatched_seed_cases=unmatched)
+        self.emit(summary.done_event())
+        return summary
+
+
+def run_batch(config: BatchConfig, progress: ProgressFn | None = None,
+              stop: StopFn | None = None) -> BatchSummary:
+    """Segment every case of ``config.input`` (or of its shard); see the module docstring.
+
+    Args:
+        config: what to run.
+        progress: called with event dicts: ``start``, ``progress`` (per stage of a case),
+            ``case`` (one finished row), ``done`` (the summary); the same records
+            ``sgpsam batch --json-progress`` prints.
+        stop: polled before every case and lesion; True abandons the current case cleanly.
+
+    Raises:
+        SGPSAMError / OSError subclasses for problems found before the first case (missing
+        input folder, bad seed CSV, unknown model, bad shard ...). Problems of one case never
+        raise: they become a ``failed`` row.
+    """
+    if config.shard is not None:
+        index, count = config.shard
+        _check_shard(int(index), int(count), "shard")
+        config.shard = (int(index), int(count))
+    try:
+        return _Runner(config, progress, stop).run()
+    except _CallbackError as exc:  # the caller's own error, as it raised it
+        raise exc.__cause__ from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers.
+
+def _voxel_ml(volume: Volume) -> float:
+    return abs(float(np.linalg.det(volume.ijk_to_ras[:3, :3]))) / 1000.0
+
+
+def _assign(labels: np.ndarray, state, value: int) -> tuple[int, int]:
+    """Write ``value`` where the session's mask is set and no earlier lesion is: (new, kept)."""
+    from .region import bbox_union
+    mask = state.mask
+    box = bbox_union(*(rs.bbox for rs in state.regions))
+    if box is None:
+        return 0, 0
+    sub_mask = mask[box] != 0
+    if int(np.count_nonzero(sub_mask)) != int(state.voxels):  # the box must hold the whole mask
+        box = (slice(None),) * 3
+        sub_mask = mask != 0
+    sub = labels[box]
+    free = sub == 0
+    write = sub_mask & free
+    written = int(np.count_nonzero(write))
+    sub[write] = value
+    return written, int(np.count_nonzero(sub_mask)) - written
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporaries an earlier hard-killed write of this very output left behind.
+
+    Names follow ``io.atomic_write``: ``.<stem>.tmp<8 hex><suffix>`` where the suffix is the
+    last extension, or the last two when the last is ``.gz``.
+    """
+    name = out.name
+    parts = name.split(".")
+    suffix = "." + ".".join(parts[-2:]) if len(parts) > 2 and parts[-1].lower() == "gz" \
+        else (("." + parts[-1]) if len(parts) > 1 else "")
+    stem = name[: len(name) - len(suffix)]
+    for candidate in out.parent.glob(f".{glob_escape(stem)}.tmp*{suffix}"):
+        middle = candidate.name[len(stem) + 1: len(candidate.name) - len(suffix)]
+        if _TMP_NAME.fullmatch(middle):
+            try:
+                candidate.unlink()
+                log.info("removed stale temporary file %s", candidate)
+            except OSError as exc:
+                log.warning("cannot remove stale temporary file %s: %s", candidate, exc)
+
+
+def _free_device_memory() -> None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,259 @@
+"""``sgpsam demo``: see the model work in one command, offline: a sample volume, simulated
+clicks, the mask, a PNG overlay, Dice and timings.
+
+The sample is a synthetic case (seed >= 10000 by default, a range the training sets do not
+use) or a case of the project's shared test data (``--case shared:<manifest id>``). Clicks
+follow the evaluation protocol (:mod:`SGPSAMLib.evaluation`): the first at the lesion's
+interior, then at the centre of the largest error region. Torch is imported only when the
+command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SGPSAMError
+
+__all__ = ["register", "run_demo", "shared_data_root", "load_shared_case"]
+
+_EPILOG = """\
+writes into --out: demo_mask.nii.gz (the prediction, lesion n = label n, on the image's grid),
+demo_overlay.png (axial / coronal / sagittal through the first lesion: prediction on top,
+ground truth below), demo_result.json; for a synthetic case also demo_image.nii.gz and
+demo_truth.nii.gz so that all can be opened in 3D Slicer.
+
+examples:
+  sgpsam demo                                 # bundled demo model, synthetic case 10000
+  sgpsam demo --seed 10007 --clicks 3 --out demo_out --json
+  sgpsam demo --model sam_med3d_turbo --case shared:pyradiomics_lung1
+"""
+
+DEMO_FILES = ("demo_mask.nii.gz", "demo_overlay.png", "demo_result.json")
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add the ``demo`` sub-command."""
+    from .synthetic import DEMO_SEED_BASE
+
+    parser = commands.add_parser(
+        "demo", parents=[common], help="segment a sample lesion and show Dice, timings, overlay",
+        description="Run the interactive model on a sample volume with simulated clicks and "
+                    "write the mask and a PNG overlay; prints Dice and timings.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--model", default="demo", metavar="demo|NAME|PATH",
+        help="model name or checkpoint file (default: the bundled demo model)")
+    add("--out", default="sgpsam_demo", metavar="DIR",
+        help="output folder (created if missing; default ./sgpsam_demo)")
+    add("--seed", type=int, default=DEMO_SEED_BASE, metavar="S",
+        help=f"synthetic case seed (default {DEMO_SEED_BASE}; seeds >= {DEMO_SEED_BASE} are "
+             "not used for training)")
+    add("--case", default="synthetic", metavar="synthetic|shared:ID",
+        help="sample: a synthetic case, or a case id of ../shared/data/manifest.json "
+             "(folder: $SGPSAM_SHARED_DATA)")
+    add("--lesions", type=int, default=1, metavar="N",
+        help="lesions: in the synthetic case, or the largest components of a shared case "
+             "(default 1)")
+    add("--modality", default="random", choices=("CT", "MR", "random"),
+        help="synthetic image type (default: drawn from the seed)")
+    add("--clicks", type=int, default=3, metavar="N", help="clicks per lesion (default 3)")
+    add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N")
+    add("--max-windows", type=int, default=8, metavar="N",
+        help="most overlapping windows per lesion when it crosses a region border (default 8; "
+             "1 = never extend)")
+    parser.set_defaults(handler=_demo)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample data.
+
+def shared_data_root() -> Path:
+    """``$SGPSAM_SHARED_DATA``, else ``<repo>/../shared/data``."""
+    env = os.environ.get("SGPSAM_SHARED_DATA", "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def load_shared_case(case_id: str, root: Path | None = None, max_lesions: int = 1
+                     ) -> tuple[Any, np.ndarray, str]:
+    """(volume, lesion labels (K, J, I) uint8: the ``max_lesions`` largest connected components
+    of the manifest's default target, largest = 1), modality) of a shared-data case."""
+    from .evaluation import connected_components
+    from .io import read_volume
+
+    root = shared_data_root() if root is None else Path(root)
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        raise SGPSAMError(f"--case shared:{case_id}: {manifest} not found; set "
+                          "SGPSAM_SHARED_DATA to the folder holding manifest.json")
+    try:
+        cases = json.loads(manifest.read_text(encoding="utf-8"))["cases"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SGPSAMError(f"{manifest}: not a readable case manifest ({exc})") from exc
+    by_id = {c.get("id"): c for c in cases if isinstance(c, dict)}
+    if case_id not in by_id:
+        raise SGPSAMError(f"--case shared:{case_id}: unknown case id; known: "
+                          f"{', '.join(sorted(str(k) for k in by_id))}")
+    entry = by_id[case_id]
+    volume = read_volume(root / entry["image"])
+    label = read_volume(root / entry["label"])
+    values = entry["targets"][entry["default_target"]]
+    target = np.isin(np.rint(label.array).astype(np.int64), values)
+    ids, count = connected_components(target)
+    sizes = np.bincount(ids.reshape(-1), minlength=count + 1)[1:]
+    order = np.argsort(-sizes, kind="stable")[:max(1, min(int(max_lesions), 255))]
+    lesions = np.zeros(target.shape, dtype=np.uint8)
+    for rank, component in enumerate(order, start=1):
+        lesions[ids == component + 1] = rank
+    return volume, lesions, str(entry.get("modality", "auto")).upper()
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo.
+
+def _load_model(spec: str, device: Any) -> tuple[Any, str]:
+    """(model, checkpoint path); a known name (demo, ...) or a file."""
+    from .build import load_model
+    from .models import resolve_model
+
+    path = Path(spec) if Path(spec).is_file() else resolve_model(spec)
+    return load_model(path, device=device), str(path)
+
+
+def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: int = 10_000,
+             case: str = "synthetic", clicks: int = 3, device: str = "auto", lesions: int = 1,
+             modality: str = "random", max_windows: int = 8) -> dict[str, Any]:
+    """Run the demo and write its files; returns the JSON-able result record."""
+    from .devices import resolve_device
+    from .evaluation import simulate_lesion
+    from .io import write_labelmap, write_volume
+    from .overlay import render_overlay, write_png
+    from .session import InteractiveSession
+    from .synthetic import DEMO_SEED_BASE, make_case
+
+    if clicks < 1:
+        raise SGPSAMError(f"--clicks {clicks}: expected an integer >= 1")
+    if max_windows < 1:
+        raise SGPSAMError(f"--max-windows {max_windows}: expected an integer >= 1")
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SGPSAMError(f"--out {out_dir}: is a file; expected a folder")
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        raise SGPSAMError(f"--device: {exc}") from None
+    start = time.perf_counter()
+    files: dict[str, str] = {}
+    if case == "synthetic":
+        sample = make_case(seed, modality=modality, n_lesions=lesions)
+        volume, truth, case_modality = sample.volume, sample.label, sample.modality
+        case_name = f"synthetic seed {seed}"
+    elif case.startswith("shared:"):
+        volume, truth, case_modality = load_shared_case(case[len("shared:"):],
+                                                        max_lesions=lesions)
+        case_name = case
+    else:
+        raise SGPSAMError(f"--case {case!r}: expected 'synthetic' or 'shared:<manifest id>'")
+    data_seconds = time.perf_counter() - start
+
+    tick = time.perf_counter()
+    net, checkpoint = _load_model(model, torch_device)
+    load_seconds = time.perf_counter() - tick
+    session = InteractiveSession(net, device=torch_device, max_windows=max_windows,
+                                 extend_at_border=max_windows > 1)
+    session.set_volume(volume, modality=case_modality if case_modality in ("CT", "MR")
+                       else "auto")
+    prediction = np.zeros(truth.shape, dtype=np.uint8)
+    click_seconds: list[float] = []
+    rows = []
+    voxel_ml = float(abs(np.linalg.det(volume.ijk_to_ras[:3, :3]))) / 1000.0
+    values = [int(v) for v in np.unique(truth) if v]
+    for value in values:
+        mask = truth == value
+        others = (truth > 0) & ~mask
+        tick = time.perf_counter()
+        outcome = simulate_lesion(session, volume, mask, clicks,
+                                  ignore=others if others.any() else None)
+        seconds = time.perf_counter() - tick
+        click_seconds.append(seconds / max(outcome["clicks_used"], 1))
+        free = outcome["mask"] & (prediction == 0)
+        prediction[free] = value
+        voxels = int(mask.sum())
+        rows.append({"lesion": value, "voxels": voxels, "volume_ml": voxels * voxel_ml,
+                     "diameter_mm": (6.0 * voxels * voxel_ml * 1000.0 / np.pi) ** (1 / 3),
+                     "dice_per_click": outcome["dice"], "dice": outcome["dice"][-1],
+                     "dice_auc": outcome["dice_auc"], "nsd": outcome["nsd"],
+                     "clicks": [c.to_dict() for c in outcome["clicks"]],
+                     "timings": outcome["timings"], "seconds": seconds})
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if case == "synthetic":
+        files["image"] = str(write_volume(volume, out_dir / "demo_image.nii.gz"))
+        files["truth"] = str(write_labelmap(truth, volume, out_dir / "demo_truth.nii.gz"))
+    files["mask"] = str(write_labelmap(prediction, volume, out_dir / "demo_mask.nii.gz"))
+    centre = rows[0]["clicks"][0]["ras"] if rows and rows[0]["clicks"] else None
+    top, _ = render_overlay(volume, prediction, centre_ras=centre)
+    bottom, _ = render_overlay(volume, truth, centre_ras=centre)
+    gap = np.full((4, top.shape[1], 3), 40, dtype=np.uint8)
+    files["overlay"] = str(write_png(out_dir / "demo_overlay.png",
+                                     np.concatenate([top, gap, bottom], axis=0)))
+    per_lesion = [r["timings"] for r in rows]
+    record = {
+        "model": checkpoint, "device": str(torch_device), "case": case_name,
+        "seed": seed if case == "synthetic" else None,
+        "held_out": (seed >= DEMO_SEED_BASE) if case == "synthetic" else None,
+        "modality": session.state.modality, "clicks": clicks,
+        "image_shape_ijk": list(volume.shape_ijk),
+        "spacing_mm": [round(float(s), 4) for s in volume.spacing],
+        "lesions": rows,
+        "dice_1": float(np.mean([r["dice_per_click"][0] for r in rows])) if rows else None,
+        "dice": float(np.mean([r["dice"] for r in rows])) if rows else None,
+        "timings": {"data_s": data_seconds, "load_model_s": load_seconds,
+                    "mean_click_s": float(np.mean(click_seconds)) if click_seconds else None,
+                    "encode_s": float(sum(t.get("encode", 0.0) for t in per_lesion)),
+                    "decode_s": float(sum(t.get("decode", 0.0) for t in per_lesion)),
+                    "total_s": time.perf_counter() - start},
+        "files": files,
+    }
+    from .evaluation import _json_safe
+    from .io import atomic_write
+
+    files["result"] = str(out_dir / "demo_result.json")
+    with atomic_write(out_dir / "demo_result.json") as tmp:
+        Path(tmp).write_text(json.dumps(_json_safe(record), indent=2), encoding="utf-8")
+    return _json_safe(record)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.lesions < 1:
+        raise SGPSAMError(f"--lesions {args.lesions}: expected an integer >= 1")
+    if args.seed < 0:
+        raise SGPSAMError(f"--seed {args.seed}: expected an integer >= 0")
+    record = run_demo(model=args.model, out=args.out, seed=args.seed, case=args.case,
+                      clicks=args.clicks, device=args.device, lesions=args.lesions,
+                      modality=args.modality, max_windows=args.max_windows)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    lines = [f"{record['case']} ({record['modality']}, {record['image_shape_ijk']} voxels) with "
+             f"{record['model']} on {record['device']}"]
+    for row in record["lesions"]:
+        dices = ", ".join(f"{d:.3f}" for d in row["dice_per_click"])
+        lines.append(f"lesion {row['lesion']} ({row['volume_ml']:.2f} mL, "
+                     f"{row['diameter_mm']:.1f} mm): Dice per click {dices}")
+    t = record["timings"]
+    lines.append(f"timings: load model {t['load_model_s']:.2f} s, encode {t['encode_s']:.2f} s,"
+                 f" decode {t['decode_s']:.3f} s, mean per click {t['mean_click_s']:.2f} s, "
+                 f"total {t['total_s']:.1f} s")
+    lines.append("wrote " + ", ".join(v for k, v in record["files"].items()))
+    if record["held_out"] is False:
+        lines.append("note: seeds below 10000 may overlap synthetic training data")
+    print("\n".join(lines))
+    return 0

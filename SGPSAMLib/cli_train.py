@@ -1,0 +1,184 @@
+"""``sgpsam train``: fine-tune on a folder of annotated cases (SGP-SAM recipe or baselines).
+
+Torch is imported only when the command runs, so ``sgpsam --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+_EPILOG = """\
+modes:
+  sgp       SGP-SAM transfer: backbone frozen; SGPM + prompt encoder + mask decoder trained;
+            Zoom Loss (start from a pretrained --init such as sam_med3d_turbo).
+  finetune  every parameter trained; DiceCE (SAM-Med3D's loss).
+  ablations: --loss overrides the mode's loss (FT + Zoom, SGPM + DiceCE); --gate-mode always_on
+  forces the SGPM gate on.
+
+data folder layouts: imagesTr/ + labelsTr/ (MSD, optional dataset.json); images/ + labels/ with
+equal names; or one folder with case.nii.gz + case_label.nii.gz (also _seg, _mask, -label).
+
+examples:
+  sgpsam train --data Task03_Liver --out runs/sgp --init sam_med3d_turbo --labels 2
+  sgpsam train --data synth --out runs/demo --mode finetune --loss zoom --preset demo --lr 1e-3
+  torchrun --nproc_per_node 4 -m SGPSAMLib train --data D --out runs/ddp --init turbo.pth
+  sgpsam train --data D --out runs/sgp --resume        # continue a stopped run
+
+Stop with SIGTERM (or Ctrl-C in a terminal): the run saves last.pt and state.pt and exits 0.
+"""
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add the ``train`` sub-command."""
+    parser = commands.add_parser(
+        "train", parents=[common], help="train / fine-tune on annotated cases",
+        description="Train SGP-SAM (or a fine-tuning baseline) on image/label pairs with "
+                    "simulated clicks. Writes OUT/last.pt, OUT/best.pt (best validation Dice) "
+                    "and OUT/state.pt (for --resume).",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--data", required=True, metavar="DIR", help="folder of image/label pairs")
+    add("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    add("--mode", choices=("sgp", "finetune"), help="training recipe (default: sgp)")
+    add("--init", metavar="CKPT",
+        help="start from this checkpoint (file, or a known model name such as "
+             "sam_med3d_turbo); default: random init of --preset")
+    add("--preset", help="architecture for random init (default sgp_sam; demo, tiny, "
+                         "sam_med3d) or for an --init file without a stored config")
+    add("--loss", choices=("zoom", "dicece"), help="override the mode's loss")
+    add("--gate-mode", choices=("learned", "always_on", "always_off"),
+        help="override the SGPM gate (ablation)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default 1000)")
+    length.add_argument("--epochs", type=float, metavar="N",
+                        help="passes over the training lesions instead of --steps")
+    add("--batch-size", type=int, metavar="B", help="crops per step and GPU (default 2)")
+    add("--accum", type=int, metavar="K", help="gradient accumulation micro-batches (default 1)")
+    add("--lr", type=float, help="peak learning rate (default 1e-4)")
+    add("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
+    add("--warmup", type=int, metavar="STEPS",
+        help="linear warm-up steps before the cosine decay (default 5%% of the run, <= 200)")
+    add("--grad-clip", type=float, help="max gradient norm, 0 = off (default 1.0)")
+    add("--amp", choices=("auto", "off", "bf16", "fp16"),
+        help="mixed precision on CUDA (default auto: bf16, else fp16); never on CPU")
+    add("--click-iters", type=int, metavar="N",
+        help="decoder iterations per batch (default 11 on CUDA as SAM-Med3D, 5 on CPU)")
+    add("--no-random-insert", dest="random_insert", action="store_const", const=False,
+        help="no point-free iterations (SAM-Med3D feeds only the mask at one random middle "
+             "iteration and the last)")
+    add("--prompt-mode", choices=("latest", "cumulative"),
+        help="clicks given per iteration (default latest, as the interactive session)")
+    add("--labels", metavar="V,V", help="label values to train on (default: all non-zero)")
+    add("--lesion-unit", choices=("component", "label"),
+        help="a lesion is a connected component (default) or a whole label value")
+    add("--min-lesion-voxels", type=int, metavar="N", help="ignore smaller lesions (default 8)")
+    add("--jitter-mm", type=float, help="random shift of the crop centre per axis (default 12)")
+    add("--no-flip", dest="flip", action="store_const", const=False, help="no random flips")
+    add("--no-intensity-aug", dest="intensity_aug", action="store_const", const=False,
+        help="no intensity augmentation")
+    add("--modality", choices=("auto", "CT", "MR"), help="intensity normalisation (default auto)")
+    add("--val-fraction", type=float, metavar="F",
+        help="fraction of cases held out for validation (default 0.2)")
+    add("--val-cases", metavar="ID,ID", help="explicit validation case ids instead")
+    add("--val-every", type=int, metavar="STEPS", help="validate every STEPS (default: 10x/run)")
+    add("--val-clicks", type=int, metavar="N", help="simulated clicks in validation (default 5)")
+    add("--val-max-lesions", type=int, metavar="N", help="validation lesions at most (32)")
+    add("--checkpoint-every", type=int, metavar="STEPS",
+        help="write last.pt/state.pt every STEPS (default: --val-every)")
+    add("--log-every", type=int, metavar="STEPS", help="progress record every STEPS (default 1)")
+    add("--seed", type=int, help="random seed (default 0)")
+    add("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    add("--num-workers", type=int, metavar="N",
+        help="data-loader workers (default: 0 on CPU, up to 4 on CUDA)")
+    add("--threads", type=int, metavar="N",
+        help="torch CPU threads (default: torch's choice; 1 is often faster on a busy CPU)")
+    add("--resume", action="store_const", const=True,
+        help="continue the run in --out from its state.pt (same options)")
+    add("--json-progress", action="store_true",
+        help="print one JSON record per line on stdout (start, progress, checkpoint, done, "
+             "error)")
+    parser.set_defaults(handler=_train)
+
+
+def _resolve_init(spec: str) -> str:
+    if Path(spec).is_file():
+        return spec
+    from . import models
+
+    return str(models.resolve_model(spec))
+
+
+def _printer(json_progress: bool):
+    """A progress callback: JSON lines, a tqdm bar on a terminal, or nothing."""
+    if json_progress:
+        def emit(record: dict) -> None:
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+        return emit, lambda: None
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = {"bar": None}
+
+    def show(record: dict) -> None:
+        event = record.get("event")
+        if event == "start":
+            bar["bar"] = tqdm(total=record["total_steps"], initial=record["start_step"],
+                              unit="step", dynamic_ncols=True)
+        elif event == "progress" and bar["bar"] is not None:
+            b = bar["bar"]
+            b.update(record["step"] - b.n)
+            post = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
+            if record.get("val_dice") is not None:
+                post["val_dice"] = f"{record['val_dice']:.3f}"
+            b.set_postfix(post)
+        elif event == "checkpoint" and bar["bar"] is not None:
+            bar["bar"].write(f"saved {record['kind']}: {record['path']}")
+
+    def close() -> None:
+        if bar["bar"] is not None:
+            bar["bar"].close()
+
+    return show, close
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .errors import SGPSAMError
+    from .training import TrainConfig, train
+
+    emit, close = _printer(args.json_progress)
+    try:
+        if args.init:
+            args.init = _resolve_init(args.init)
+        config = TrainConfig.from_args(args).replace(
+            command=shlex.join(["sgpsam", *sys.argv[1:]]) if sys.argv else "sgpsam train")
+        result = train(config, progress=emit)
+    except (SGPSAMError, OSError) as exc:
+        if args.json_progress:
+            sys.stdout.write(json.dumps({"event": "error", "message": str(exc)}) + "\n")
+            sys.stdout.flush()
+        raise
+    finally:
+        close()
+    if args.json_progress:
+        return 0
+    metrics = result.metrics
+    summary = {"last": str(result.last), "best": None if result.best is None else str(result.best),
+               "steps": result.steps, "stopped": result.stopped,
+               "steps_per_s": result.steps_per_s, "metrics": metrics}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        best = metrics.get("best_val_dice")
+        print(f"{'stopped' if result.stopped else 'done'} at step {result.steps}: last "
+              f"{result.last}" + (f", best {result.best} (val Dice {best:.3f})"
+                                   if result.best is not None and best is not None else "")
+              + f", {result.steps_per_s:.3f} steps/s")
+    return 0

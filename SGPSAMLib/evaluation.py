@@ -1,0 +1,597 @@
+"""Interactive-click evaluation: what a user gets after 1, 2, ... K clicks on every lesion.
+
+Why this way: the product is the click tool, so the evaluation drives the *real*
+:class:`~SGPSAMLib.session.InteractiveSession` (region placement, embedding cache, windows,
+mapping back to the original grid) with simulated clicks, and scores the mask on the image's own
+voxel grid, not in the model's crop.
+
+Protocol, per lesion (a connected component of the target labels, or a whole label value; see
+:func:`SGPSAMLib.training.data.load_case`):
+
+1. The session is reset (cached embeddings are kept). Click 1 is positive, at the lesion's most
+   interior voxel (largest distance in mm to the nearest non-lesion voxel; ties: nearest the
+   lesion's centroid, then the first in array order).
+2. After each click the mask is scored against the lesion. Voxels of *other* lesions are
+   ignored (neither false positives nor errors to correct): each lesion is judged on its own.
+3. Click n + 1 goes to the most interior voxel of the largest connected error region
+   (26-connectivity): a false-negative region gives a positive click, a false-positive region a
+   negative one (ties: false negatives first). Without any error no click is added and the
+   Dice carries over.
+
+Metrics: Dice after every click; Dice-AUC = mean Dice over clicks 1..K (the area under the
+Dice-vs-click curve, normalised to [0, 1]); the normalised surface Dice (NSD, Nikolov et al.)
+of the final mask at ``nsd_tolerance_mm`` (surface voxels = mask minus its 6-connected erosion,
+as MONAI's ``compute_surface_dice``; distances in mm with the voxel spacing, computed with
+SimpleITK, so scipy is not needed); the lesion's size (voxels, mL, equivalent diameter).
+Summaries are given over all lesions and separately for lesions below 1 mL and from 1 mL on.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import SGPSAMError
+from .geometry import Volume, array_index_to_ijk
+
+__all__ = [
+    "EvaluationResult",
+    "evaluate",
+    "dice",
+    "dice_auc",
+    "normalized_surface_dice",
+    "interior_voxel",
+    "connected_components",
+    "next_click",
+    "SimulatedClick",
+    "simulate_lesion",
+    "NSD_TOLERANCE_MM",
+    "SMALL_LESION_ML",
+]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+ProgressFn = Callable[[dict], None]
+StopFlag = Union[Callable[[], bool], threading.Event, None]
+
+#: Default NSD tolerance (mm).
+NSD_TOLERANCE_MM = 2.0
+#: Lesions below this volume are summarised separately ("small").
+SMALL_LESION_ML = 1.0
+
+BBox = tuple[slice, slice, slice]
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks and metrics (numpy + SimpleITK; exact and unit-tested).
+
+def _bool(mask: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D (K, J, I) mask; got shape {arr.shape}")
+    return arr.astype(bool, copy=False)
+
+
+def _bbox(mask: np.ndarray, pad: int = 0) -> BBox | None:
+    """Array-order box of the True voxels grown by ``pad`` (clipped), or None if empty."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(d for d in range(mask.ndim) if d != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        if idx.size == 0:
+            return None
+        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad,
+                                                         mask.shape[axis])))
+    return tuple(box)
+
+
+def dice(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """Dice of two masks, voxels in ``ignore`` left out; 1.0 when both are empty."""
+    p, t = _bool(pred, "pred"), _bool(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred {p.shape} and truth {t.shape} must have the same shape")
+    if ignore is not None:
+        keep = ~_bool(ignore, "ignore")
+        p, t = p & keep, t & keep
+    total = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(p & t)) / total
+
+
+def dice_auc(dice_per_click: Sequence[float]) -> float:
+    """Mean Dice over clicks 1..K: the area under the Dice-vs-click curve normalised to [0, 1]."""
+    values = [float(v) for v in dice_per_click]
+    if not values:
+        raise ValueError("dice_per_click must hold at least one value")
+    return float(np.mean(values))
+
+
+def _erode6(mask: np.ndarray) -> np.ndarray:
+    """6-connected erosion by one voxel; outside the array counts as background."""
+    out = mask.copy()
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        out[tuple(lo)] &= mask[tuple(hi)]
+        out[tuple(hi)] &= mask[tuple(lo)]
+        edge = [slice(None)] * 3
+        edge[axis] = 0
+        out[tuple(edge)] = False
+        edge[axis] = -1
+        out[tuple(edge)] = False
+    return out
+
+
+def _distance_to(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Euclidean distance (mm) from every voxel centre to the nearest True voxel centre."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
+                                            useImageSpacing=True)
+    out = sitk.GetArrayFromImage(distance)
+    out[mask] = 0.0
+    return out
+
+
+def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing must be 3 positive mm values (i, j, k); got {spacing!r}")
+    return values
+
+
+def normalized_surface_dice(pred: np.ndarray, truth: np.ndarray,
+                            spacing: Sequence[float] | None = None,
+                            tolerance_mm: float = NSD_TOLERANCE_MM,
+                            ignore: np.ndarray | None = None) -> float:
+    """Normalised surface Dice at ``tolerance_mm``: the share of both surfaces within tolerance.
+
+    ``spacing`` is (i, j, k) mm, i.e. ``Volume.spacing`` for a (K, J, I) array. Both masks
+    empty: NaN (as MONAI); exactly one empty: 0.
+    """
+    p, t = _bool(pred, "pred"), _bool(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred {p.shape} and truth {t.shape} must have the same shape")
+    sp = _spacing(spacing)
+    if ignore is not None:
+        keep = ~_bool(ignore, "ignore")
+        p, t = p & keep, t & keep
+    box = _bbox(p | t, pad=1)
+    if box is None:
+        return float("nan")
+    p, t = p[box], t[box]
+    if not p.any() or not t.any():
+        return 0.0
+    surface_p, surface_t = p & ~_erode6(p), t & ~_erode6(t)
+    to_t = _distance_to(surface_t, sp)[surface_p]
+    to_p = _distance_to(surface_p, sp)[surface_t]
+    tol = float(tolerance_mm) + 1e-6
+    correct = int(np.count_nonzero(to_t <= tol)) + int(np.count_nonzero(to_p <= tol))
+    return correct / float(to_t.size + to_p.size)
+
+
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components -> (int32 ids 0..n on the mask's shape, n)."""
+    m = _bool(mask, "mask")
+    ids = np.zeros(m.shape, dtype=np.int32)
+    box = _bbox(m)
+    if box is None:
+        return ids, 0
+    labelled = sitk.ConnectedComponent(sitk.GetImageFromArray(m[box].astype(np.uint8)), True)
+    ids[box] = sitk.GetArrayFromImage(labelled)
+    return ids, int(ids.max())
+
+
+def interior_voxel(mask: np.ndarray, spacing: Sequence[float] | None = None
+                   ) -> tuple[int, int, int]:
+    """(k, j, i) of the mask voxel farthest (mm) from any voxel outside the mask.
+
+    The array's outside counts as "outside the mask". Ties: the voxel nearest the mask's
+    centroid (mm), then the first in array order. Where a user would click: the middle.
+    """
+    m = _bool(mask, "mask")
+    box = _bbox(m, pad=1)
+    if box is None:
+        raise ValueError("interior_voxel: the mask is empty")
+    sp = _spacing(spacing)
+    sub = np.pad(m[box], 1)  # a background border, so the array's edge is "outside"
+    depth = _distance_to(~sub, sp)
+    idx = np.argwhere(sub)
+    values = depth[sub]
+    best = idx[values >= values.max() - 1e-6]
+    if len(best) > 1:
+        scale = np.asarray(sp[::-1])  # (k, j, i) mm per index
+        centroid = idx.mean(axis=0)
+        dist = (((best - centroid) * scale) ** 2).sum(axis=1)
+        best = best[dist <= dist.min() + 1e-9]
+    k, j, i = (int(v) for v in best[0])
+    return (k + box[0].start - 1, j + box[1].start - 1, i + box[2].start - 1)
+
+
+@dataclass(frozen=True)
+class SimulatedClick:
+    """A simulated click: array index (k, j, i), RAS mm, and its sign."""
+
+    kji: tuple[int, int, int]
+    ras: tuple[float, float, float]
+    positive: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kji": list(self.kji), "ras": [round(v, 4) for v in self.ras],
+                "positive": self.positive}
+
+
+def next_click(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None,
+               ignore: np.ndarray | None = None) -> tuple[tuple[int, int, int], bool] | None:
+    """Where the next corrective click goes: ((k, j, i), positive), or None without errors.
+
+    The largest 26-connected false-negative or false-positive region (voxels in ``ignore``
+    excluded; ties: false negatives) gets a click at its most interior voxel; positive for a
+    false negative, negative for a false positive.
+    """
+    p, t = _bool(pred, "pred"), _bool(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred {p.shape} and truth {t.shape} must have the same shape")
+    keep = np.ones(p.shape, dtype=bool) if ignore is None else ~_bool(ignore, "ignore")
+    best: tuple[int, bool, np.ndarray, BBox] | None = None
+    for positive, error in ((True, t & ~p & keep), (False, p & ~t & keep)):
+        box = _bbox(error)
+        if box is None:
+            continue
+        ids, count = connected_components(error[box])
+        sizes = np.bincount(ids.reshape(-1), minlength=count + 1)[1:]
+        largest = int(np.argmax(sizes))
+        if best is None or sizes[largest] > best[0]:
+            best = (int(sizes[largest]), positive, ids == largest + 1, box)
+    if best is None:
+        return None
+    _, positive, component, box = best
+    k, j, i = interior_voxel(component, spacing)
+    return (k + box[0].start, j + box[1].start, i + box[2].start), positive
+
+
+# ----------------------------------------------------------------------------------------------
+# Driving a session.
+
+def _ras_of(volume: Volume, kji: tuple[int, int, int]) -> tuple[float, float, float]:
+    ras = volume.ijk_to_ras_points(array_index_to_ijk(np.asarray(kji, dtype=np.float64)))
+    return (float(ras[0]), float(ras[1]), float(ras[2]))
+
+
+def simulate_lesion(session: Any, volume: Volume, truth: np.ndarray, clicks: int,
+                    ignore: np.ndarray | None = None,
+                    nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> dict[str, Any]:
+    """Click on one lesion ``clicks`` times with a session that already holds ``volume``.
+
+    ``session`` needs ``reset()`` and ``add_point(ras, positive) -> Prediction`` (its ``mask`` is
+    read). Returns ``dice`` (per click), ``dice_auc``, ``nsd``, ``clicks`` (list of
+    :class:`SimulatedClick`), ``clicks_used``, ``predicted_voxels``, ``timings`` (summed
+    seconds per step), ``mask`` (final bool mask, a copy).
+    """
+    if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 1:
+        raise ValueError(f"clicks must be an int >= 1; got {clicks!r}")
+    truth = _bool(truth, "truth")
+    spacing = tuple(float(s) for s in volume.spacing)
+    session.reset()
+    done: list[SimulatedClick] = []
+    dices: list[float] = []
+    timings: dict[str, float] = {}
+    kji: tuple[int, int, int] | None = interior_voxel(truth, spacing)
+    positive = True
+    pred = np.zeros(truth.shape, dtype=bool)
+    for _ in range(clicks):
+        if kji is not None:
+            click = SimulatedClick(tuple(int(v) for v in kji), _ras_of(volume, kji), positive)
+            prediction = session.add_point(click.ras, positive=click.positive)
+            done.append(click)
+            for key, value in dict(getattr(prediction, "timings", {}) or {}).items():
+                timings[key] = timings.get(key, 0.0) + float(value)
+            pred = np.asarray(prediction.mask).astype(bool)
+        dices.append(dice(pred, truth, ignore))
+        found = next_click(pred, truth, spacing, ignore)
+        kji, positive = (None, True) if found is None else found
+    return {"dice": dices, "dice_auc": dice_auc(dices),
+            "nsd": normalized_surface_dice(pred, truth, spacing, nsd_tolerance_mm, ignore),
+            "clicks": done, "clicks_used": len(done),
+            "predicted_voxels": int(np.count_nonzero(pred if ignore is None else pred & ~ignore)),
+            "timings": timings, "mask": pred.copy()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Results.
+
+def _mean(values: Sequence[float]) -> float | None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else None
+
+
+def _group_summary(rows: list[dict], clicks: int) -> dict[str, Any]:
+    per_click = [_mean([r[f"dice_{c}"] for r in rows]) for c in range(1, clicks + 1)]
+    return {
+        "lesions": len(rows),
+        "dice_per_click": per_click,
+        "dice_1": per_click[0] if per_click else None,
+        "dice_final": per_click[-1] if per_click else None,
+        "dice_auc": _mean([r["dice_auc"] for r in rows]),
+        "nsd": _mean([r["nsd"] for r in rows]),
+    }
+
+
+@dataclass
+class EvaluationResult:
+    """Rows per lesion and per case, and a summary; JSON / CSV writers (atomic).
+
+    ``lesions`` rows: case, lesion, label, voxels, volume_ml, diameter_mm, dice_1..dice_K,
+    dice_auc, nsd, clicks_used, predicted_voxels, seconds, clicks (list of dicts; JSON only).
+    ``cases`` rows: case, image, label, status (ok | no_lesions | failed), error, lesions,
+    dice_1, dice_final, dice_auc, nsd, seconds. ``summary``: see :func:`evaluate`.
+    """
+
+    lesions: list[dict[str, Any]] = field(default_factory=list)
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "cases": self.cases, "lesions": self.lesions}
+
+    def write_json(self, path: PathLike) -> Path:
+        """Summary, cases and lesions as one JSON file (NaN written as null)."""
+        from .io import atomic_write
+
+        text = json.dumps(_json_safe(self.to_dict()), indent=2)
+        with atomic_write(path) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+        return Path(path)
+
+    def write_csv(self, path: PathLike, table: str = "lesions") -> Path:
+        """One row per lesion (``table="lesions"``) or per case (``"cases"``)."""
+        from .io import atomic_write
+
+        if table not in ("lesions", "cases"):
+            raise ValueError(f"table must be 'lesions' or 'cases'; got {table!r}")
+        rows = [{k: v for k, v in row.items() if k != "clicks"}
+                for row in getattr(self, table)]
+        columns: list[str] = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+        with atomic_write(path) as tmp:
+            Path(tmp).write_text(buffer.getvalue(), encoding="utf-8")
+        return Path(path)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver.
+
+def _stopped(stop: StopFlag) -> bool:
+    if stop is None:
+        return False
+    if isinstance(stop, threading.Event):
+        return stop.is_set()
+    return bool(stop())
+
+
+def _load_model(model_or_path: Any, device: Any) -> tuple[Any, dict[str, Any]]:
+    """A model object as given, or loaded from a checkpoint path / known model name."""
+    if hasattr(model_or_path, "encode") and hasattr(model_or_path, "decode"):
+        meta = dict(getattr(model_or_path, "checkpoint_metadata", {}) or {})
+        config = getattr(model_or_path, "config", None)
+        return model_or_path, {"model": meta.get("path", type(model_or_path).__name__),
+                               "preset": getattr(config, "preset", None)}
+    from .build import load_model
+
+    path = Path(os.fspath(model_or_path))
+    if not path.is_file():
+        from .models import resolve_model
+
+        path = resolve_model(os.fspath(model_or_path))
+    model = load_model(path, device=device)
+    return model, {"model": str(path), "preset": model.config.preset}
+
+
+def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
+             device: str = "auto", progress: ProgressFn | None = None, *,
+             labels: Sequence[int] | None = None, lesion_unit: str = "component",
+             min_lesion_voxels: int = 1, modality: str = "auto", prompt_mode: str = "latest",
+             nsd_tolerance_mm: float = NSD_TOLERANCE_MM, max_cases: int | None = None,
+             max_windows: int = 8, stop: StopFlag = None, session: Any = None
+             ) -> EvaluationResult:
+    """Evaluate a model with simulated clicks on every lesion of a folder of labelled cases.
+
+    Args:
+        model_or_path: an ``SGPSAMModel`` (or any model the session accepts), a checkpoint path,
+            or a known model name (``SGPSAMLib.models``).
+        data_folder: image/label pairs in any layout ``SGPSAMLib.training.find_cases`` accepts
+            (MSD ``imagesTr/`` + ``labelsTr/``, ...).
+        clicks: clicks per lesion (>= 1).
+        device: "auto", "cpu", "cuda", ...
+        progress: called with JSON-able records: ``start``, ``progress`` (after each lesion),
+            ``case`` (a finished case row), ``done`` (the summary).
+        labels: target label values (None: every non-zero value).
+        lesion_unit: "component" (each connected component is a lesion) or "label".
+        min_lesion_voxels: smaller lesions are skipped.
+        modality: "auto", "CT" or "MR" (session normalisation).
+        prompt_mode: the session's prompting mode ("latest" or "cumulative").
+        nsd_tolerance_mm: NSD tolerance.
+        max_cases: evaluate only the first N cases (sorted by id).
+        max_windows: the session's most windows per lesion (1: never extend across a region
+            border).
+        stop: Event or callable; checked between lesions; the result then covers the finished
+            cases and ``summary["stopped"]`` is True.
+        session: a ready session object to use instead of building an ``InteractiveSession``
+            (tests, custom settings); ``model_or_path`` is then only recorded.
+
+    Returns:
+        :class:`EvaluationResult`. ``summary``: cases, cases_failed, lesions, clicks,
+        dice_per_click, dice_1, dice_final, dice_auc, nsd, nsd_tolerance_mm, small (lesions
+        < 1 mL) and large (>= 1 mL) with the same Dice/NSD fields, seconds, model, preset,
+        device, prompt_mode, data, stopped.
+
+    Raises:
+        SGPSAMError / OSError: bad folder, no cases, unreadable model. A case that fails to load
+        or segment is reported in its row (status "failed") and the run goes on.
+    """
+    from .training.data import LESION_UNITS, find_cases, load_case
+
+    if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 1:
+        raise SGPSAMError(f"--clicks: expected an integer >= 1, got {clicks!r}")
+    if lesion_unit not in LESION_UNITS:
+        raise SGPSAMError(f"--lesion-unit: expected one of {LESION_UNITS}, got {lesion_unit!r}")
+    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
+        raise SGPSAMError(f"--max-windows: expected an integer >= 1, got {max_windows!r}")
+    if not (isinstance(nsd_tolerance_mm, (int, float)) and nsd_tolerance_mm >= 0):
+        raise SGPSAMError(f"--nsd-tolerance: expected a number >= 0 (mm), got "
+                          f"{nsd_tolerance_mm!r}")
+    start = time.perf_counter()
+    cases = find_cases(data_folder)
+    if max_cases is not None:
+        cases = cases[:max(0, int(max_cases))]
+    if session is None:
+        from .devices import resolve_device
+        from .session import InteractiveSession
+
+        try:
+            torch_device = resolve_device(device)
+        except ValueError as exc:
+            raise SGPSAMError(f"--device: {exc}") from None
+        model, info = _load_model(model_or_path, torch_device)
+        session = InteractiveSession(model, device=torch_device, prompt_mode=prompt_mode,
+                                     max_windows=max_windows, extend_at_border=max_windows > 1)
+        device_name = str(torch_device)
+    else:
+        info = {"model": str(getattr(model_or_path, "__name__", model_or_path)),
+                "preset": None}
+        device_name = str(getattr(session, "device", device))
+    emit = progress or (lambda record: None)
+    emit({"event": "start", "total_cases": len(cases), "clicks": clicks,
+          "data": str(data_folder), "model": info["model"], "device": device_name})
+
+    result = EvaluationResult()
+    stopped = False
+    lesions_done = 0
+    for case_index, files in enumerate(cases):
+        if _stopped(stop):
+            stopped = True
+            break
+        case_start = time.perf_counter()
+        row: dict[str, Any] = {"case": files.case_id, "image": str(files.image),
+                               "label": str(files.label), "status": "ok", "error": None,
+                               "lesions": 0}
+        case_lesions: list[dict[str, Any]] = []
+        try:
+            loaded = load_case(files, labels=labels, lesion_unit=lesion_unit,
+                               min_lesion_voxels=min_lesion_voxels, modality=modality)
+            if not loaded.lesions:
+                row["status"] = "no_lesions"
+            else:
+                session.set_volume(loaded.volume, modality=loaded.modality)
+            volume = loaded.volume
+            lesion_map = loaded.lesion_volume.array
+            voxel_mm3 = float(abs(np.linalg.det(volume.ijk_to_ras[:3, :3])))
+            targets = lesion_map > 0
+            for lesion in loaded.lesions:
+                if _stopped(stop):
+                    stopped = True
+                    break
+                lesion_start = time.perf_counter()
+                truth = lesion_map == lesion.index
+                others = targets & ~truth
+                outcome = simulate_lesion(session, volume, truth, clicks,
+                                          ignore=others if others.any() else None,
+                                          nsd_tolerance_mm=nsd_tolerance_mm)
+                volume_ml = lesion.voxels * voxel_mm3 / 1000.0
+                lesion_row: dict[str, Any] = {
+                    "case": files.case_id, "lesion": lesion.index, "label": lesion.label_value,
+                    "voxels": lesion.voxels, "volume_ml": volume_ml,
+                    "diameter_mm": (6.0 * volume_ml * 1000.0 / math.pi) ** (1.0 / 3.0),
+                }
+                for c, value in enumerate(outcome["dice"], start=1):
+                    lesion_row[f"dice_{c}"] = value
+                lesion_row.update(
+                    dice_auc=outcome["dice_auc"], nsd=outcome["nsd"],
+                    clicks_used=outcome["clicks_used"],
+                    predicted_voxels=outcome["predicted_voxels"],
+                    seconds=time.perf_counter() - lesion_start,
+                    clicks=[c.to_dict() for c in outcome["clicks"]])
+                case_lesions.append(lesion_row)
+                lesions_done += 1
+                emit({"event": "progress", "case_index": case_index + 1,
+                      "total_cases": len(cases), "case": files.case_id,
+                      "lesion": lesion.index, "lesions_done": lesions_done,
+                      "dice_final": lesion_row[f"dice_{clicks}"]})
+        except (SGPSAMError, OSError, ValueError) as exc:
+            log.warning("case %s failed: %s", files.case_id, exc)
+            row.update(status="failed", error=str(exc))
+            case_lesions = []
+        if stopped and row["status"] == "ok":
+            # An interrupted case is dropped whole: its row would mix finished and missing
+            # lesions.
+            break
+        result.lesions.extend(case_lesions)
+        group = _group_summary(case_lesions, clicks) if case_lesions else {}
+        row.update(lesions=len(case_lesions), dice_1=group.get("dice_1"),
+                   dice_final=group.get("dice_final"), dice_auc=group.get("dice_auc"),
+                   nsd=group.get("nsd"), seconds=time.perf_counter() - case_start)
+        result.cases.append(row)
+        emit({"event": "case", **_json_safe(row)})
+
+    rows = result.lesions
+    small = [r for r in rows if r["volume_ml"] < SMALL_LESION_ML]
+    large = [r for r in rows if r["volume_ml"] >= SMALL_LESION_ML]
+    result.summary = {
+        "cases": len(result.cases),
+        "cases_failed": sum(1 for r in result.cases if r["status"] == "failed"),
+        **_group_summary(rows, clicks),
+        "clicks": clicks,
+        "nsd_tolerance_mm": float(nsd_tolerance_mm),
+        "small_lesion_ml": SMALL_LESION_ML,
+        "small": _group_summary(small, clicks),
+        "large": _group_summary(large, clicks),
+        "seconds": time.perf_counter() - start,
+        "model": info["model"], "preset": info["preset"], "device": device_name,
+        "prompt_mode": prompt_mode, "max_windows": max_windows, "data": str(data_folder),
+        "stopped": stopped,
+    }
+    emit({"event": "done", **_json_safe(result.summary)})
+    return result

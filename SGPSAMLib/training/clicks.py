@@ -1,0 +1,72 @@
+"""Simulated clicks, as SAM-Med3D trains and evaluates them (reference/sam_med3d.md §5.1, §6).
+
+The next click is a uniformly random voxel of the error region of the previous prediction:
+false negatives (lesion voxels predicted background) give a positive click, false positives a
+negative one. With no error left, a random lesion voxel is clicked (positive), as the official
+evaluation does. The previous prediction is the low-res logits upsampled to the crop
+(trilinear, ``align_corners=False``) and thresholded at logit 0 (sigmoid 0.5), the threshold
+the session uses.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["error_clicks", "random_voxel"]
+
+
+def random_voxel(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+    """Index (3,) (long, on ``mask``'s device) of a uniformly random True voxel of a 3-D mask.
+
+    ``generator`` is a CPU generator, so the draw is the same on every device. None if empty.
+    """
+    flat = mask.reshape(-1)
+    count = int(flat.sum())
+    if count == 0:
+        return None
+    k = int(torch.randint(count, (1,), generator=generator))
+    # Position of the k-th True voxel: one cumulative sum, no index list of the whole region.
+    index = int(torch.searchsorted(flat.cumsum(0, dtype=torch.int64),
+                                   torch.tensor(k + 1, device=flat.device)))
+    return torch.tensor(divmod_3d(index, mask.shape), dtype=torch.long, device=mask.device)
+
+
+def divmod_3d(index: int, shape: torch.Size) -> tuple[int, int, int]:
+    """C-order flat index -> (a, b, c)."""
+    ab, c = divmod(index, shape[2])
+    a, b = divmod(ab, shape[1])
+    return a, b, c
+
+
+def error_clicks(label: torch.Tensor, predicted: torch.Tensor, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One click per sample from the error region.
+
+    Args:
+        label: (B, 1, S, S, S) ground truth (bool or 0/1).
+        predicted: (B, 1, S, S, S) bool, the previous prediction.
+        generator: CPU generator for the draws.
+
+    Returns:
+        points (B, 1, 3) float32 crop voxel indices (tensor axis order), labels (B, 1) long:
+        1 for a false-negative voxel, 0 for a false-positive one. A sample without error gets
+        a random lesion voxel (positive); one without lesion or error gets the crop centre,
+        negative.
+    """
+    label = label.bool()
+    predicted = predicted.bool()
+    batch, size = label.shape[0], label.shape[-1]
+    points = torch.empty((batch, 1, 3), dtype=torch.float32, device=label.device)
+    labels = torch.empty((batch, 1), dtype=torch.long, device=label.device)
+    for b in range(batch):
+        truth, pred = label[b, 0], predicted[b, 0]
+        error = truth ^ pred
+        voxel = random_voxel(error, generator)
+        if voxel is None:
+            voxel = random_voxel(truth, generator)
+        if voxel is None:
+            points[b, 0] = (size - 1) / 2.0
+            labels[b, 0] = 0
+            continue
+        points[b, 0] = voxel.float()
+        labels[b, 0] = int(truth[tuple(voxel.tolist())])
+    return points, labels

@@ -1,0 +1,195 @@
+"""Every option of a training run in one validated, JSON-able dataclass."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SGPSAMError
+
+__all__ = ["TrainConfig", "MODES", "GATE_MODES", "AMP_MODES", "PROMPT_MODES", "RESUME_OVERRIDABLE"]
+
+MODES = ("sgp", "finetune")
+GATE_MODES = ("learned", "always_on", "always_off")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+PROMPT_MODES = ("latest", "cumulative")
+#: Options a resumed run may change; any other difference from the stored run is an error.
+RESUME_OVERRIDABLE = ("steps", "epochs", "device", "num_workers", "threads", "val_every",
+                      "checkpoint_every", "log_every", "resume", "command", "out", "data")
+
+_DEFAULT_MODE_LOSS = {"sgp": "zoom", "finetune": "dicece"}
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`SGPSAMLib.training.train` (the ``sgpsam train`` flags, same names).
+
+    Recipe:
+        mode: "sgp" (backbone frozen; SGPM + prompt encoder + mask decoder trained; Zoom Loss)
+            or "finetune" (every parameter; DiceCE).
+        loss: "zoom" or "dicece"; None = the mode's default (ablations: FT + Zoom, SGPM + DiceCE).
+        gate_mode: override the SGPM gate ("learned", "always_on", "always_off"); None = keep.
+        init: checkpoint to start from (official SAM-Med3D or ours); None = random init.
+        preset: architecture for random init (default "sgp_sam"), or for an init checkpoint
+            without a stored config.
+    Schedule:
+        steps / epochs: run length in optimizer steps, or in passes over the training lesions
+            (default 1000 steps). batch_size x accum samples per step and rank.
+        lr, weight_decay, warmup (steps; None = 5 % of the run, at most 200), min_lr_ratio
+            (cosine floor), grad_clip (max gradient norm, 0 = off), amp ("auto": bf16 or fp16
+            autocast on CUDA, off on CPU), seed.
+    Interaction:
+        click_iters: decoder iterations per batch (None: 11 on CUDA as SAM-Med3D, 5 on CPU).
+        random_insert: SAM-Med3D's point-free iterations (one random middle iteration and the
+            last one get only the previous mask).
+        prompt_mode: "latest" (newest click + previous logits, as the session) or "cumulative".
+    Sampling:
+        labels: label values that are targets (None: all non-zero); lesion_unit "component" or
+        "label"; min_lesion_voxels; jitter_mm (crop centre shift, uniform per axis); flip;
+        intensity_aug; modality ("auto", "CT", "MR").
+    Model:
+        model_overrides: ModelConfig fields changed on the initial architecture (tests use a
+            64^3 crop); stored in the checkpoints' config.
+    Machine:
+        device, num_workers, threads (torch intra-op threads; None = torch's default. On a CPU
+            shared with other busy processes 1 thread is often much faster).
+    Validation:
+        val_fraction / val_cases (case-level split), val_every (steps; None = 10 times per run),
+        val_clicks, val_max_lesions.
+    """
+
+    data: str = ""
+    out: str = ""
+    mode: str = "sgp"
+    init: str | None = None
+    preset: str | None = None
+    loss: str | None = None
+    gate_mode: str | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 2
+    accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    warmup: int | None = None
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+    amp: str = "auto"
+    seed: int = 0
+    click_iters: int | None = None
+    random_insert: bool = True
+    prompt_mode: str = "latest"
+    labels: tuple[int, ...] | None = None
+    lesion_unit: str = "component"
+    min_lesion_voxels: int = 8
+    jitter_mm: float = 12.0
+    flip: bool = True
+    intensity_aug: bool = True
+    modality: str = "auto"
+    val_fraction: float = 0.2
+    val_cases: tuple[str, ...] | None = None
+    val_every: int | None = None
+    val_clicks: int = 5
+    val_max_lesions: int = 32
+    checkpoint_every: int | None = None
+    log_every: int = 1
+    device: str = "auto"
+    num_workers: int | None = None
+    threads: int | None = None
+    resume: bool = False
+    command: str = ""
+    model_overrides: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            self.labels = tuple(int(v) for v in self.labels)
+        if self.val_cases is not None:
+            self.val_cases = tuple(str(v) for v in self.val_cases)
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise SGPSAMError naming the first bad option (the CLI flag spelling)."""
+        def bad(flag: str, expected: str, value: Any) -> SGPSAMError:
+            return SGPSAMError(f"--{flag}: expected {expected}, got {value!r}")
+
+        choices = (("mode", MODES), ("loss", (None, "zoom", "dicece")),
+                   ("gate-mode", (None, *GATE_MODES)), ("amp", AMP_MODES),
+                   ("prompt-mode", PROMPT_MODES), ("lesion-unit", ("component", "label")),
+                   ("modality", ("auto", "CT", "MR")))
+        for flag, allowed in choices:
+            value = getattr(self, flag.replace("-", "_"))
+            if value not in allowed:
+                raise bad(flag, f"one of {[a for a in allowed if a is not None]}", value)
+        positive_ints = ("batch_size", "accum", "val_clicks", "val_max_lesions", "log_every")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name.replace("_", "-"), "an integer >= 1", value)
+        optional_ints = ("steps", "click_iters", "val_every", "checkpoint_every")
+        for name in optional_ints:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise bad(name.replace("_", "-"), "an integer >= 1", value)
+        for name in ("warmup", "num_workers", "min_lesion_voxels", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise bad(name.replace("_", "-"), "an integer >= 0", value)
+        if self.steps is not None and self.epochs is not None:
+            raise SGPSAMError("--steps and --epochs: give one of them, not both")
+        if self.epochs is not None and not self.epochs > 0:
+            raise bad("epochs", "a number > 0", self.epochs)
+        for name in ("lr", "jitter_mm", "weight_decay", "grad_clip", "min_lr_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise bad(name.replace("_", "-"), "a number >= 0", value)
+        if not self.lr > 0:
+            raise bad("lr", "a number > 0", self.lr)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise bad("val-fraction", "a number in [0, 1)", self.val_fraction)
+
+    @property
+    def loss_name(self) -> str:
+        """The loss actually used: the explicit ``loss`` or the mode's default."""
+        return self.loss or _DEFAULT_MODE_LOSS[self.mode]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (and ``torch.load(weights_only=True)``-able) plain builtins."""
+        out = dataclasses.asdict(self)
+        for key in ("labels", "val_cases"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        if out["model_overrides"] is not None:
+            out["model_overrides"] = {k: list(v) if isinstance(v, tuple) else v
+                                      for k, v in out["model_overrides"].items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        """Build from ``sgpsam train``'s parsed arguments (attributes absent keep defaults)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+        for key in ("labels", "val_cases"):
+            if isinstance(values.get(key), str):
+                values[key] = _split_list(values[key], key, int if key == "labels" else str)
+        return cls(**values)
+
+
+def _split_list(text: str, name: str, kind: type) -> tuple:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return tuple(kind(t) for t in items)
+    except ValueError:
+        raise SGPSAMError(f"--{name.replace('_', '-')}: expected a comma-separated list of "
+                          f"{'integers' if kind is int else 'names'}, got {text!r}") from None

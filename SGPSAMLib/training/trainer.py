@@ -1,0 +1,770 @@
+"""The training loop: SGP-SAM transfer (``sgp``) and full fine-tuning (``finetune``).
+
+One optimizer step = ``accum`` micro-batches of ``batch_size`` crops per rank. Per micro-batch
+the image embedding is computed once and the decoder runs ``click_iters`` times, SAM-Med3D
+style (reference/sam_med3d.md §6): the first click is the lesion voxel the crop was centred
+on, each later click a random voxel of the previous prediction's error region; the previous
+low-res logits are fed back (not detached, as upstream); optionally one random middle
+iteration and the last one get no point ("random_insert"). The loss (Zoom or DiceCE) compares
+the logits upsampled to the crop (trilinear, as upstream) with the crop's label and is summed
+over iterations.
+
+Determinism: every micro-batch reseeds torch (Gumbel noise of the SGPM gate) and its own click
+generator from (seed, rank, micro-batch index), and crops come from a position-seeded stream,
+so a resumed run continues bit-exactly (on CPU) where it stopped.
+
+Outputs in ``out``: ``last.pt`` and ``best.pt`` (self-describing model checkpoints for
+:func:`SGPSAMLib.build.load_model`), ``state.pt`` (everything needed to resume: weights,
+optimizer, scheduler, grad scaler, RNG states, step, best metric, history; plain tensors and
+builtins, loadable with ``weights_only=True``). All written atomically.
+
+Multi-GPU: launch the same command with ``torchrun --nproc_per_node N -m SGPSAMLib train ...``;
+each rank gets its shard of the sample stream, gradients are averaged by
+``DistributedDataParallel``, rank 0 validates, logs and writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..build import PRESETS, read_checkpoint, save_checkpoint
+from ..config import ModelConfig
+from ..errors import CheckpointError, SGPSAMError
+from ..io import atomic_write
+from ..losses import make_loss
+from ..modeling import SGPSAMModel
+from .clicks import error_clicks
+from .config import RESUME_OVERRIDABLE, TrainConfig
+from .data import LoadedCase, find_cases, load_case, split_cases
+from .sampling import CropDataset, SampleStream, sample_seed
+from .validation import validate, validation_targets
+
+__all__ = ["train", "TrainResult", "build_initial_model", "trainable_parameter_names",
+           "InteractiveLoss", "STATE_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "sgpsam-train-state"
+STATE_VERSION = 1
+_SGPM_KEY = ".sgpm."
+
+ProgressFn = Callable[[dict], None]
+StopFlag = Union[Callable[[], bool], threading.Event, None]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        last: ``last.pt``; best: ``best.pt`` (None without validation cases); state:
+        ``state.pt``; history: every record emitted (start, progress, checkpoint, done);
+        metrics: final values (val_dice, best_val_dice, best_step, loss, ...); steps: optimizer
+        steps done in total; stopped: the run was stopped early; steps_per_s: optimizer steps
+        per second of training time in this process (validation and checkpoints excluded).
+    """
+
+    last: Path
+    best: Path | None
+    state: Path
+    history: list[dict] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    stopped: bool = False
+    steps_per_s: float = float("nan")
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Model set-up.
+
+def build_initial_model(config: TrainConfig) -> SGPSAMModel:
+    """The model a run starts from: ``init`` checkpoint, or random init of ``preset``.
+
+    In ``sgp`` mode a model without SGPM gets them (after its global-attention blocks, the
+    paper's placement) at their identity initialisation. ``gate_mode`` overrides the stored one.
+
+    Raises:
+        CheckpointError: unreadable init checkpoint or keys that do not fit.
+    """
+    state: dict[str, torch.Tensor] | None = None
+    if config.init:
+        state, stored, _ = read_checkpoint(config.init)
+        has_sgpm = any(_SGPM_KEY in k for k in state)
+        if stored is not None:
+            try:
+                model_config = ModelConfig.from_dict(stored)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"--init {config.init}: invalid stored config: {exc}"
+                                      ) from exc
+        else:
+            name = config.preset or ("sgp_sam" if has_sgpm or config.mode == "sgp"
+                                     else "sam_med3d")
+            model_config = _preset(name)
+    else:
+        model_config = _preset(config.preset or "sgp_sam")
+    if config.model_overrides:
+        try:
+            model_config = model_config.replace(**config.model_overrides)
+        except (TypeError, ValueError) as exc:
+            raise SGPSAMError(f"model_overrides: {exc}") from exc
+    if config.mode == "sgp" and not model_config.sgpm_blocks:
+        model_config = model_config.replace(sgpm_blocks=model_config.global_attn_indexes)
+    if config.gate_mode:
+        model_config = model_config.replace(gate_mode=config.gate_mode)
+    torch.manual_seed(sample_seed(config.seed, 8))
+    model = SGPSAMModel(model_config)
+    if state is not None:
+        expected = model.state_dict()
+        sgpm_in_file = any(_SGPM_KEY in k for k in state)
+        missing = [k for k in expected if k not in state
+                   and (sgpm_in_file or _SGPM_KEY not in k)]
+        unexpected = [k for k in state if k not in expected]
+        mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        if missing or unexpected or mismatched:
+            def show(items: list) -> str:
+                return ", ".join(items[:6]) + (f" ... ({len(items)})" if len(items) > 6 else "")
+            raise CheckpointError(
+                f"--init {config.init}: does not fit the '{model_config.preset}' architecture: "
+                f"missing [{show(missing)}], unexpected [{show(unexpected)}], "
+                f"mis-shaped [{show(mismatched)}]; use --preset to name the architecture")
+        model.load_state_dict(state, strict=False)
+    return model
+
+
+def _preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise SGPSAMError(f"--preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def trainable_parameter_names(model: nn.Module, mode: str) -> list[str]:
+    """Names of the parameters a mode trains: sgp = SGPM + prompt encoder + mask decoder."""
+    names = []
+    for name, _ in model.named_parameters():
+        if mode == "finetune" or _SGPM_KEY in name or name.startswith(
+                ("prompt_encoder.", "mask_decoder.")):
+            names.append(name)
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# The interactive loss (a module so DistributedDataParallel can wrap the whole interaction).
+
+class InteractiveLoss(nn.Module):
+    """Embedding once, ``click_iters`` decoder iterations with simulated clicks, summed loss."""
+
+    def __init__(self, model: SGPSAMModel, loss: nn.Module, click_iters: int,
+                 random_insert: bool = True, prompt_mode: str = "latest",
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.click_iters = click_iters
+        self.random_insert = random_insert
+        self.prompt_mode = prompt_mode
+        self._autocast = autocast or contextlib.nullcontext
+
+    def no_point_iterations(self, rng: np.random.Generator) -> set[int]:
+        """SAM-Med3D's point-free iterations: one random in [2, n-3] and the last (n >= 4)."""
+        n = self.click_iters
+        if not self.random_insert or n < 4:
+            return set()
+        return {int(rng.integers(2, max(3, n - 2))), n - 1}
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor, point: torch.Tensor,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (loss summed over iterations, per-iteration losses (click_iters,) detached)."""
+        model = self.model
+        size = image.shape[-1]
+        low_size = model.low_res_size
+        generator = torch.Generator().manual_seed(sample_seed(seed, 0))
+        skip = self.no_point_iterations(np.random.default_rng(sample_seed(seed, 1)))
+        truth = label.bool()
+        target = label.float()
+        with self._autocast():
+            embedding = model.encode(image)
+        low = image.new_zeros((image.shape[0], 1, low_size, low_size, low_size))
+        points = point[:, None, :].float()
+        labels = torch.ones((image.shape[0], 1), dtype=torch.long, device=image.device)
+        all_points, all_labels = points, labels
+        total = image.new_zeros((), dtype=torch.float32)
+        parts = []
+        predicted = None
+        for it in range(self.click_iters):
+            if it > 0:
+                points, labels = error_clicks(truth, predicted, generator)
+                all_points = torch.cat([all_points, points], dim=1)
+                all_labels = torch.cat([all_labels, labels], dim=1)
+            if it in skip:
+                use_points = use_labels = None
+            elif self.prompt_mode == "cumulative":
+                use_points, use_labels = all_points, all_labels
+            else:
+                use_points, use_labels = points, labels
+            with self._autocast():
+                low = model.decode(embedding, use_points, use_labels, low)
+            up = F.interpolate(low.float(), size=(size,) * 3, mode="trilinear",
+                               align_corners=False)
+            value = self.loss(up, target)
+            total = total + value
+            parts.append(value.detach())
+            predicted = up.detach() > 0
+        return total, torch.stack(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed helpers.
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    owned: bool = False  # this process group was created by us (destroy it at the end)
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def _init_distributed(device_hint: str) -> _Dist:
+    """torchrun's WORLD_SIZE/RANK/LOCAL_RANK -> process group (nccl on CUDA, else gloo)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return _Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    owned = False
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_hint in ("auto", "cuda")
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        owned = True
+    return _Dist(dist.get_world_size(), dist.get_rank(), local_rank, owned)
+
+
+def _any_rank(flag: bool, dist_info: _Dist, device: torch.device) -> bool:
+    if not dist_info.active:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _barrier(dist_info: _Dist) -> None:
+    if dist_info.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state (weights_only-compatible) and schedule.
+
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine down to ``floor`` at the last step."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf -> None so records are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _stop_requested(stop: StopFlag) -> bool:
+    if stop is None:
+        return False
+    if isinstance(stop, threading.Event):
+        return stop.is_set()
+    return bool(stop())
+
+
+# ----------------------------------------------------------------------------------------------
+# The run.
+
+class _Run:
+    def __init__(self, config: TrainConfig, progress: ProgressFn | None, stop: StopFlag) -> None:
+        self.config = config
+        self.progress_fn = progress
+        self.stop = stop
+        self.history: list[dict] = []
+        self.signalled = False
+        self.out = Path(config.out)
+        self.last_path = self.out / "last.pt"
+        self.best_path = self.out / "best.pt"
+        self.state_path = self.out / "state.pt"
+
+    # -- reporting --------------------------------------------------------------------------
+    def emit(self, record: dict) -> None:
+        if self.dist.rank != 0:
+            return
+        record = _clean(record)
+        self.history.append(record)
+        if self.progress_fn is not None:
+            self.progress_fn(record)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _resume_state(self) -> dict | None:
+        config = self.config
+        if not config.resume:
+            if self.state_path.exists() or self.last_path.exists():
+                raise SGPSAMError(f"--out {self.out}: already holds a training run (last.pt / "
+                                  "state.pt); add --resume to continue it or choose another "
+                                  "--out folder")
+            return None
+        if not self.state_path.is_file():
+            raise SGPSAMError(f"--resume: no {self.state_path} to resume from")
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any reader failure: not our state file
+            raise CheckpointError(f"{self.state_path}: not a readable training state ({exc})"
+                                  ) from exc
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{self.state_path}: not an sgpsam training state file")
+        stored = TrainConfig.from_dict(state["config"])
+        differences = []
+        for key, value in config.to_dict().items():
+            if key in RESUME_OVERRIDABLE:
+                continue
+            if stored.to_dict().get(key) != value:
+                differences.append(f"{key}: stored {stored.to_dict().get(key)!r}, now {value!r}")
+        if differences:
+            raise SGPSAMError("--resume: options differ from the stored run ("
+                              + "; ".join(differences) + "); resume with the same options")
+        return state
+
+    def _load_data(self) -> None:
+        config = self.config
+        files = find_cases(config.data)
+        train_ids, val_ids = split_cases([f.case_id for f in files], config.val_fraction,
+                                         config.seed, config.val_cases)
+        by_id = {f.case_id: f for f in files}
+        kwargs = dict(labels=config.labels, lesion_unit=config.lesion_unit,
+                      min_lesion_voxels=config.min_lesion_voxels, modality=config.modality)
+        self.train_cases: list[LoadedCase] = [load_case(by_id[i], **kwargs) for i in train_ids]
+        self.val_cases: list[LoadedCase] = ([load_case(by_id[i], **kwargs) for i in val_ids]
+                                            if self.dist.rank == 0 else [])
+        n_train = sum(len(c.lesions) for c in self.train_cases)
+        if n_train == 0:
+            wanted = "any non-zero label" if config.labels is None else f"labels {config.labels}"
+            raise SGPSAMError(f"--data {config.data}: no lesion ({wanted}, at least "
+                              f"{config.min_lesion_voxels} voxels) in the {len(train_ids)} "
+                              "training cases")
+        self.data_summary = {
+            "folder": str(config.data), "train_cases": train_ids, "val_cases": val_ids,
+            "train_lesions": n_train,
+            "val_lesions": sum(len(c.lesions) for c in self.val_cases),
+            "labels": None if config.labels is None else list(config.labels),
+            "lesion_unit": config.lesion_unit,
+        }
+
+    def _device(self) -> torch.device:
+        from ..devices import resolve_device
+
+        name = self.config.device
+        if self.dist.active and torch.cuda.is_available() and name in ("auto", "cuda"):
+            return torch.device("cuda", self.dist.local_rank)
+        try:
+            return resolve_device(name)
+        except ValueError as exc:
+            raise SGPSAMError(f"--device: {exc}") from None
+
+    def _autocast_factory(self) -> tuple[Callable, torch.dtype | None]:
+        amp = self.config.amp
+        if self.device.type != "cuda" or amp == "off":
+            return contextlib.nullcontext, None
+        if amp == "auto":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return (lambda: torch.autocast(device_type="cuda", dtype=dtype)), dtype
+
+    # -- files ------------------------------------------------------------------------------
+    def _metadata(self, kind: str, step: int) -> dict:
+        config = self.config
+        return {
+            "kind": kind, "mode": config.mode, "loss": config.loss_name,
+            "gate_mode": self.model.config.gate_mode, "init": config.init,
+            "step": step, "total_steps": self.total_steps,
+            "epoch": round(self.stream.epoch_of(step * self.per_step), 4),
+            "train_config": config.to_dict(), "data": self.data_summary,
+            "metrics": _clean(dict(self.metrics)), "command": config.command,
+            "library_version": __version__,
+        }
+
+    def _save_model(self, kind: str, step: int) -> Path:
+        path = self.best_path if kind == "best" else self.last_path
+        save_checkpoint(self.model, path, self._metadata(kind, step))
+        self.emit({"event": "checkpoint", "path": str(path), "kind": kind, "step": step,
+                   "val_dice": self.metrics.get("val_dice")})
+        return path
+
+    def _save_state(self, step: int) -> None:
+        state = {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "step": step,
+            "config": self.config.to_dict(), "data": self.data_summary,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "model_config": self.model.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": _rng_state(), "metrics": _clean(dict(self.metrics)),
+            "best": {"value": self.best_value, "step": self.best_step},
+            "history": self.history, "train_seconds": self.train_seconds,
+        }
+        with atomic_write(self.state_path) as tmp:
+            torch.save(state, tmp)
+
+    def _checkpoint(self, step: int) -> None:
+        if self.dist.rank == 0:
+            self._save_model("last", step)
+            self._save_state(step)
+        _barrier(self.dist)
+
+    # -- main -------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        config = self.config
+        started = time.perf_counter()
+        self.dist = _init_distributed(config.device)
+        try:
+            return self._run(started)
+        finally:
+            if self.dist.owned:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+
+    def _install_signal(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):  # noqa: ARG001 - signal API
+            self.signalled = True
+            log.warning("SIGTERM: stopping at the next step boundary")
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def _run(self, started: float) -> TrainResult:
+        config = self.config
+        dist_info = self.dist
+        if dist_info.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        _barrier(dist_info)
+        resume = self._resume_state()
+        if resume is not None:
+            config = self.config = TrainConfig.from_dict(
+                {**resume["config"], **{k: v for k, v in config.to_dict().items()
+                                        if k in RESUME_OVERRIDABLE}})
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self._load_data()
+        self.device = self._device()
+        autocast, amp_dtype = self._autocast_factory()
+
+        if resume is not None:
+            model = SGPSAMModel(ModelConfig.from_dict(resume["model_config"]))
+            model.load_state_dict(resume["model"])
+        else:
+            model = build_initial_model(config)
+        if config.mode == "sgp" and config.init is None and resume is None:
+            log.warning("mode 'sgp' from a random init: the frozen backbone is untrained; "
+                        "pass --init with a pretrained checkpoint (or use --mode finetune)")
+        self.model = model.to(self.device)
+        trainable = set(trainable_parameter_names(model, config.mode))
+        params = []
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in trainable)
+            if name in trainable:
+                params.append((name, param))
+        decay = [p for n, p in params if p.ndim >= 2]
+        no_decay = [p for n, p in params if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.999))
+
+        click_iters = config.click_iters or (11 if self.device.type == "cuda" else 5)
+        self.click_iters = click_iters
+        dataset = CropDataset(self.train_cases, size=model.config.image_size,
+                              spacing_mm=model.config.crop_spacing_mm,
+                              jitter_voxels=config.jitter_mm / model.config.crop_spacing_mm,
+                              flip=config.flip, augment=config.intensity_aug)
+        self.per_step = config.batch_size * config.accum
+        probe = SampleStream(len(dataset), config.seed, dist_info.world, dist_info.rank)
+        if config.steps is not None:
+            total = config.steps
+        else:
+            per_epoch = max(1, -(-probe.per_rank // self.per_step))
+            total = max(1, int(round((config.epochs or 0) * per_epoch))) if config.epochs \
+                else 1000
+        self.total_steps = total
+        warmup = config.warmup if config.warmup is not None else min(200, total // 20)
+        val_every = config.val_every or max(1, total // 10)
+        ckpt_every = config.checkpoint_every or val_every
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _lr_factor(s, warmup, total, config.min_lr_ratio))
+        self.scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
+
+        self.metrics: dict[str, Any] = {}
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.train_seconds = 0.0
+        start_step = 0
+        if resume is not None:
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.scheduler.load_state_dict(resume["scheduler"])
+            if self.scaler is not None and resume.get("scaler"):
+                self.scaler.load_state_dict(resume["scaler"])
+            _set_rng_state(resume["rng"])
+            start_step = int(resume["step"])
+            self.metrics = dict(resume.get("metrics") or {})
+            self.best_value = resume["best"]["value"]
+            self.best_step = resume["best"]["step"]
+            self.history = list(resume.get("history") or [])
+            self.train_seconds = float(resume.get("train_seconds", 0.0))
+
+        loss_fn = make_loss(config.loss_name)
+        interaction = InteractiveLoss(model, loss_fn, click_iters, config.random_insert,
+                                      config.prompt_mode, autocast)
+        if dist_info.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(
+                interaction, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None, find_unused_parameters=True)
+        else:
+            wrapped = interaction
+
+        self.stream = SampleStream(len(dataset), config.seed, dist_info.world, dist_info.rank,
+                                   start=start_step * self.per_step,
+                                   count=max(0, total - start_step) * self.per_step)
+        workers = config.num_workers
+        if workers is None:
+            workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if self.device.type == "cuda" \
+                else 0
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, sampler=self.stream, num_workers=workers,
+            pin_memory=self.device.type == "cuda", drop_last=False)
+        targets = validation_targets(self.val_cases, config.val_max_lesions, config.seed)
+
+        self.emit({
+            "event": "start", "total_steps": total, "start_step": start_step,
+            "steps_per_epoch": round(probe.per_rank / self.per_step, 4),
+            "mode": config.mode, "loss": config.loss_name, "preset": model.config.preset,
+            "gate_mode": model.config.gate_mode, "init": config.init,
+            "device": str(self.device), "world_size": dist_info.world,
+            "batch_size": config.batch_size, "accum": config.accum, "click_iters": click_iters,
+            "train_cases": len(self.train_cases), "val_cases": len(self.data_summary["val_cases"]),
+            "train_lesions": self.data_summary["train_lesions"],
+            "val_lesions": len(targets), "trainable_parameters": int(
+                sum(p.numel() for _, p in params)),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "out": str(self.out), "resumed": resume is not None,
+        })
+        log.info("training %s/%s: %d steps from %d, %d train lesions, device %s", config.mode,
+                 config.loss_name, total, start_step, self.data_summary["train_lesions"],
+                 self.device)
+
+        restore_signal = self._install_signal()
+        model.train()
+        model.reset_gate_statistics()
+        step = start_step
+        stopped = False
+        recent_loss: list[float] = []
+        step_times: list[float] = []
+        session_steps = 0
+        session_seconds = 0.0
+        saved_at = start_step if resume is not None else -1
+        batches = iter(loader)
+        try:
+            while step < total:
+                if _any_rank(self.signalled or _stop_requested(self.stop), dist_info,
+                             self.device):
+                    stopped = True
+                    break
+                tick = time.perf_counter()
+                self.optimizer.zero_grad(set_to_none=True)
+                micro_losses = []
+                for micro in range(config.accum):
+                    batch = next(batches)
+                    micro_index = step * config.accum + micro
+                    seed = sample_seed(config.seed, 4, dist_info.rank, micro_index)
+                    torch.manual_seed(seed)
+                    image = batch["image"].to(self.device, non_blocking=True)
+                    label = batch["label"].to(self.device, non_blocking=True)
+                    point = batch["point"].to(self.device, non_blocking=True)
+                    sync = (contextlib.nullcontext() if not dist_info.active
+                            or micro == config.accum - 1 else wrapped.no_sync())
+                    with sync:
+                        total_loss, parts = wrapped(image, label, point, seed)
+                        scaled = total_loss / config.accum
+                        if self.scaler is not None:
+                            self.scaler.scale(scaled).backward()
+                        else:
+                            scaled.backward()
+                    micro_losses.append(float(parts.mean()))
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_([p for _, p in params], config.grad_clip)
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                step += 1
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                elapsed = time.perf_counter() - tick
+                self.train_seconds += elapsed
+                session_seconds += elapsed
+                session_steps += 1
+                step_times.append(elapsed)
+                step_loss = float(np.mean(micro_losses))
+                recent_loss.append(step_loss)
+                self.metrics["loss"] = step_loss
+
+                validated = False
+                if targets and (step % val_every == 0 or step == total):
+                    self._validate(targets, autocast, step)
+                    validated = True
+                if step % config.log_every == 0 or step == total or validated:
+                    mean_time = float(np.mean(step_times[-20:]))
+                    gates = model.gate_statistics()
+                    model.reset_gate_statistics()
+                    self.emit({
+                        "event": "progress", "step": step, "total_steps": total,
+                        "epoch": round(self.stream.epoch_of(step * self.per_step), 4),
+                        "loss": float(np.mean(recent_loss)), "lr": lr,
+                        "val_dice": self.metrics.get("val_dice"),
+                        "val_dice_clicks": self.metrics.get("val_dice_clicks"),
+                        "gate_rates": gates, "eta_s": round(mean_time * (total - step), 1),
+                        "step_s": round(elapsed, 4),
+                    })
+                    recent_loss = []
+                if step % ckpt_every == 0 and step < total:
+                    self._checkpoint(step)
+                    saved_at = step
+        finally:
+            restore_signal()
+        if saved_at != step or step == total:
+            self._checkpoint(step)
+        steps_per_s = session_steps / session_seconds if session_seconds > 0 else float("nan")
+        self.metrics.update({"best_val_dice": self.best_value, "best_step": self.best_step})
+        seconds = time.perf_counter() - started
+        best = self.best_path if self.best_path.exists() else None
+        self.emit({
+            "event": "done", "stopped": stopped, "step": step, "total_steps": total,
+            "last": str(self.last_path), "best": None if best is None else str(best),
+            "state": str(self.state_path), "metrics": dict(self.metrics),
+            "steps_per_s": steps_per_s, "samples_per_s": steps_per_s * self.per_step
+            * dist_info.world, "seconds": round(seconds, 3),
+        })
+        return TrainResult(self.last_path, best, self.state_path, list(self.history),
+                           _clean(dict(self.metrics)), step, stopped, steps_per_s, seconds)
+
+    def _validate(self, targets, autocast, step: int) -> None:
+        if self.dist.rank == 0:
+            tick = time.perf_counter()
+            # Validation must not count in the training gate rates: keep and restore them.
+            counters = [(m.samples_seen.clone(), m.samples_on.clone())
+                        for m in self.model.image_encoder.sgpm.values()]
+            result = validate(self.model, self.val_cases, targets, self.config.val_clicks,
+                              self.config.prompt_mode, self.config.seed, autocast())
+            for module, (seen, on) in zip(self.model.image_encoder.sgpm.values(), counters):
+                module.samples_seen.copy_(seen)
+                module.samples_on.copy_(on)
+            self.metrics.update({k: result[k] for k in ("val_dice", "val_dice_clicks",
+                                                        "val_dice_per_click")})
+            self.metrics["val_step"] = step
+            value = result["val_dice"]
+            log.info("step %d: val Dice %.4f (1 click), %.4f (%d clicks) in %.1f s", step, value,
+                     result["val_dice_clicks"], self.config.val_clicks,
+                     time.perf_counter() - tick)
+            if value is not None and (self.best_value is None or value > self.best_value):
+                self.best_value, self.best_step = value, step
+                self.metrics.update({"best_val_dice": value, "best_step": step})
+                self._save_model("best", step)
+        _barrier(self.dist)
+
+
+def train(config: TrainConfig, progress: ProgressFn | None = None, stop: StopFlag = None
+          ) -> TrainResult:
+    """Run (or resume) a training run described by ``config``.
+
+    Args:
+        config: the options (:class:`TrainConfig`).
+        progress: called on rank 0 with every record (dicts with an ``"event"`` key:
+            start, progress, checkpoint, done), e.g. to print JSON lines.
+        stop: a ``threading.Event`` or a callable returning True to stop; SIGTERM does the
+            same. The run stops at the next step boundary after writing ``last.pt`` and
+            ``state.pt``; the result has ``stopped=True``.
+
+    Raises:
+        SGPSAMError (and subclasses): bad options, data or checkpoints.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not config.data or not config.out:
+        raise SGPSAMError("--data and --out are required")
+    if not config.command:
+        config = config.replace(command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    return _Run(config, progress, stop).run()
