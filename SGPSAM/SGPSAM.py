@@ -172,6 +172,7 @@ class SGPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._busy = False
         self.batch = None
         self.training = None
+        self.trainingPlot = None
         self._timer = None
 
     # -- setup -----------------------------------------------------------------------------
@@ -289,6 +290,7 @@ class SGPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._unobserveMarkups()
         if self.logic is not None:
             self.logic.endSession()
+        self.trainingPlot = None  # its nodes go with the scene; the next run makes new ones
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -731,6 +733,8 @@ class SGPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             active = active or tab.is_running
         if self.training is not None:
             self.ui.trainGateRatesLabel.setText(self.training.gate_rates_text())
+            if self.trainingPlot is not None:
+                self.trainingPlot.update(self.training.loss_series, self.training.val_series)
         self._updateBatchForm()
         self._updateTrainingForm()
         if not active:
@@ -751,6 +755,7 @@ class SGPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.trainUseModelButton.clicked.connect(self.onTrainUseModel)
         if hasattr(self.training, "on_log"):
             self.training.on_log = ui.trainLogTextEdit.appendPlainText
+        self.training.on_state = self._onTrainingState
         self._updateTrainingForm()
 
     def _updateTrainingForm(self, *args) -> None:
@@ -778,8 +783,29 @@ class SGPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.trainLogTextEdit.clear()
         if self._run(_("Training"), self.training.start_from_form, form,
                      slicer.mrmlScene) is not None:
+            self._showTrainingPlot()
             self._timer.start()
         self._updateTrainingForm()
+
+    def _showTrainingPlot(self) -> None:
+        """Loss and validation Dice in Slicer's plot view (nodes: SGPSAMSlicerLib.training_plot)."""
+        from SGPSAMSlicerLib.training_plot import TrainingPlot  # noqa: PLC0415
+
+        self.trainingPlot = TrainingPlot(slicer.mrmlScene)
+        self.trainingPlot.clear()
+        slicer.modules.plots.logic().ShowChartInLayout(self.trainingPlot.chart)
+
+    def _onTrainingState(self, state) -> None:
+        """When a run ends with a model, offer it to the Segment tab (after this poll)."""
+        if state.ended and self.training.result_model_path:
+            qt.QTimer.singleShot(0, self._offerTrainedModel)
+
+    def _offerTrainedModel(self) -> None:
+        path = self.training.result_model_path
+        if path and slicer.util.confirmYesNoDisplay(
+                _("Training ended. Use the new model in the Segment tab?\n{path}").format(
+                    path=path), windowTitle="SGP-SAM"):
+            self.onTrainUseModel()
 
     def onTrainStop(self) -> None:
         if self.training is not None:

@@ -222,13 +222,13 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
                     "total_s": time.perf_counter() - start},
         "files": files,
     }
-    from .evaluation import _json_safe
+    from .evaluation import json_safe
     from .io import atomic_write
 
     files["result"] = str(out_dir / "demo_result.json")
     with atomic_write(out_dir / "demo_result.json") as tmp:
-        Path(tmp).write_text(json.dumps(_json_safe(record), indent=2), encoding="utf-8")
-    return _json_safe(record)
+        Path(tmp).write_text(json.dumps(json_safe(record), indent=2), encoding="utf-8")
+    return json_safe(record)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -136,9 +136,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json_progress:
         return 0
     if args.json:
-        from .evaluation import _json_safe
+        from .evaluation import json_safe
 
-        print(json.dumps(_json_safe({**summary, "out_json": args.out_json,
+        print(json.dumps(json_safe({**summary, "out_json": args.out_json,
                                      "out_csv": args.out_csv})))
         return 0
 

@@ -59,6 +59,7 @@ __all__ = [
     "simulate_lesion",
     "NSD_TOLERANCE_MM",
     "SMALL_LESION_ML",
+    "json_safe",
 ]
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ class EvaluationResult:
         """Summary, cases and lesions as one JSON file (NaN written as null)."""
         from .io import atomic_write
 
-        text = json.dumps(_json_safe(self.to_dict()), indent=2)
+        text = json.dumps(json_safe(self.to_dict()), indent=2)
         with atomic_write(path) as tmp:
             Path(tmp).write_text(text, encoding="utf-8")
         return Path(path)
@@ -389,15 +390,16 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python: strict JSON for records and files."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -574,7 +576,7 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
                    dice_final=group.get("dice_final"), dice_auc=group.get("dice_auc"),
                    nsd=group.get("nsd"), seconds=time.perf_counter() - case_start)
         result.cases.append(row)
-        emit({"event": "case", **_json_safe(row)})
+        emit({"event": "case", **json_safe(row)})
 
     rows = result.lesions
     small = [r for r in rows if r["volume_ml"] < SMALL_LESION_ML]
@@ -593,5 +595,5 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
         "prompt_mode": prompt_mode, "max_windows": max_windows, "data": str(data_folder),
         "stopped": stopped,
     }
-    emit({"event": "done", **_json_safe(result.summary)})
+    emit({"event": "done", **json_safe(result.summary)})
     return result

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from SGPSAMLib.build import build_model, save_checkpoint  # noqa: E402
-from SGPSAMLib.evaluation import _json_safe, evaluate  # noqa: E402
+from SGPSAMLib.evaluation import evaluate, json_safe  # noqa: E402
 from SGPSAMLib.synthetic import EVAL_SEED_BASE, write_dataset  # noqa: E402
 from SGPSAMLib.training import TrainConfig, train  # noqa: E402
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="bench_sgp_vs_ft_") as tmp:
             record = run(args, Path(tmp))
-    print(json.dumps(_json_safe(record), indent=2))
+    print(json.dumps(json_safe(record), indent=2))
     return 0
 
 

@@ -696,6 +696,7 @@ class _Run:
                         "loss": float(np.mean(recent_loss)), "lr": lr,
                         "val_dice": self.metrics.get("val_dice"),
                         "val_dice_clicks": self.metrics.get("val_dice_clicks"),
+                        "val_step": self.metrics.get("val_step"),
                         "gate_rates": gates, "eta_s": round(mean_time * (total - step), 1),
                         "step_s": round(elapsed, 4),
                     })

@@ -126,12 +126,14 @@ def test_unknown_preset() -> None:
 
 
 def test_demo_preset_fits_the_bundle_budget() -> None:
-    """The bundled demo model must stay under 25 MB as float32 and keep SAM-Med3D's geometry."""
+    """The bundled demo model must stay under 25 MB as float32 and keep SAM-Med3D's voxel size
+    and token grid (1.5 mm, 8^3) on its smaller 64^3 crop."""
     torch.manual_seed(0)
     model = build_model("demo")
     n_params = sum(p.numel() for p in model.parameters())
     assert 3_000_000 < n_params * 4 < 25_000_000
-    assert model.config.image_size == 128 and model.config.crop_spacing_mm == 1.5
+    assert model.config.image_size == 64 and model.config.crop_spacing_mm == 1.5
+    assert model.config.image_size // model.config.patch_size == 8
     assert model.low_res_size == 32
     assert any(".sgpm." in name for name, _ in model.named_parameters())
 

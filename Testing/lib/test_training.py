@@ -23,8 +23,8 @@ from SGPSAMLib.io import write_labelmap, write_volume
 from SGPSAMLib.training import TrainConfig, train, trainable_parameter_names
 
 SHAPE = (40, 40, 40)
-PROGRESS_KEYS = {"event", "step", "total_steps", "epoch", "loss", "lr", "val_dice", "gate_rates",
-                 "eta_s"}
+PROGRESS_KEYS = {"event", "step", "total_steps", "epoch", "loss", "lr", "val_dice", "val_step",
+                 "gate_rates", "eta_s"}
 
 
 @pytest.fixture(autouse=True)
