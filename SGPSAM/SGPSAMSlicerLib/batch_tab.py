@@ -21,6 +21,7 @@ from SGPSAMLib.errors import CheckpointError, SGPSAMError, VolumeIOError
 from .jobs import (
     ChildJob,
     JobState,
+    JobTab,
     ProcessRunner,
     SubprocessRunner,
     child_environment,
@@ -136,7 +137,7 @@ def resolve_model_field(spec: str, field_name: str = "Model") -> Path:
         raise _field_error(field_name, str(exc)) from None
 
 
-class BatchTabLogic:
+class BatchTabLogic(JobTab):
     """Runs one batch job at a time and keeps its table.
 
     Callbacks (optional, called from ``poll()``): ``on_row(index, row)`` when a row is added
@@ -223,14 +224,6 @@ class BatchTabLogic:
         return argv
 
     # -- running ---------------------------------------------------------------------------
-    @property
-    def state(self) -> JobState:
-        return self.job.state if self.job is not None else JobState.IDLE
-
-    @property
-    def is_running(self) -> bool:
-        return self.state.active
-
     def start(self, params: BatchParams) -> ChildJob:
         """Validate, clear the table and start the child. Raises SGPSAMError on a bad form or
         while a job is running."""
@@ -250,41 +243,7 @@ class BatchTabLogic:
         self.job.start()
         return self.job
 
-    def stop(self) -> None:
-        """Stop after the current case (SIGTERM; the child writes its summary)."""
-        if self.job is not None:
-            self.job.stop()
-
-    def cleanup(self) -> None:
-        """Kill a running child (module closed / Slicer exits)."""
-        if self.job is not None:
-            self.job.kill()
-
-    def poll(self) -> bool:
-        """Read new output; True when anything may have changed (refresh the tab)."""
-        if self.job is None or not self.job.state.active:
-            return False
-        before = self.job.state
-        records = self.job.poll()
-        return bool(records) or self.job.state != before
-
     # -- what the tab shows ----------------------------------------------------------------
-    @property
-    def fraction(self) -> float:
-        return (self.job.fraction or 0.0) if self.job is not None else 0.0
-
-    @property
-    def eta_text(self) -> str:
-        return self.job.eta_text if self.job is not None else ""
-
-    @property
-    def error_message(self) -> str:
-        return self.job.error_message if self.job is not None else ""
-
-    @property
-    def summary(self) -> dict | None:
-        return self.job.summary if self.job is not None else None
-
     @property
     def status_text(self) -> str:
         """One line for the label under the progress bar."""

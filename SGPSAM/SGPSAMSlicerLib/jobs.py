@@ -46,6 +46,8 @@ __all__ = [
     "SubprocessHandle",
     "JobState",
     "ChildJob",
+    "JobTab",
+    "finite_number",
     "python_executable",
     "library_root",
     "child_environment",
@@ -392,7 +394,7 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _finite(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     """float(value) if it is a finite number (not bool), else None."""
     if isinstance(value, bool) or value is None:
         return None
@@ -416,12 +418,12 @@ _COUNTER_KEYS = (
 
 def progress_fraction(record: Mapping[str, Any]) -> float | None:
     """Fraction 0..1 from a progress record (``fraction`` or a counter pair), else None."""
-    fraction = _finite(record.get("fraction"))
+    fraction = finite_number(record.get("fraction"))
     if fraction is not None:
         return min(max(fraction, 0.0), 1.0)
     for done_key, total_key in _COUNTER_KEYS:
-        done = _finite(record.get(done_key))
-        total = _finite(record.get(total_key))
+        done = finite_number(record.get(done_key))
+        total = finite_number(record.get(total_key))
         if done is not None and total is not None and total > 0:
             return min(max(done / total, 0.0), 1.0)
     return None
@@ -590,7 +592,7 @@ class ChildJob:
                 self._log(f"error: {message}")
 
     def _update_eta(self, record: Mapping[str, Any]) -> None:
-        eta = _finite(record.get("eta_s"))
+        eta = finite_number(record.get("eta_s"))
         if eta is not None:
             self.eta_s = max(eta, 0.0)
             return
@@ -662,6 +664,56 @@ class ChildJob:
         logger.info("%s: %s", self.title, state.value)
         if self.on_state is not None:
             self.on_state(state)
+
+
+class JobTab:
+    """What the Batch and Training tabs share: one child job at a time (``self.job``) and the
+    state, progress and controls the tab shows for it. Subclasses start jobs and add their
+    own ``status_text``."""
+
+    job: ChildJob | None = None
+
+    @property
+    def state(self) -> JobState:
+        return self.job.state if self.job is not None else JobState.IDLE
+
+    @property
+    def is_running(self) -> bool:
+        return self.state.active
+
+    def stop(self) -> None:
+        """Ask the child to stop (SIGTERM): it finishes its current case or step and saves."""
+        if self.job is not None:
+            self.job.stop()
+
+    def cleanup(self) -> None:
+        """Kill a running child (module closed / Slicer exits)."""
+        if self.job is not None:
+            self.job.kill()
+
+    def poll(self) -> bool:
+        """Read new output; True when anything may have changed (refresh the tab)."""
+        if self.job is None or not self.job.state.active:
+            return False
+        before = self.job.state
+        records = self.job.poll()
+        return bool(records) or self.job.state != before
+
+    @property
+    def fraction(self) -> float:
+        return (self.job.fraction or 0.0) if self.job is not None else 0.0
+
+    @property
+    def eta_text(self) -> str:
+        return self.job.eta_text if self.job is not None else ""
+
+    @property
+    def error_message(self) -> str:
+        return self.job.error_message if self.job is not None else ""
+
+    @property
+    def summary(self) -> dict | None:
+        return self.job.summary if self.job is not None else None
 
 
 def _signal_name(number: int) -> str:

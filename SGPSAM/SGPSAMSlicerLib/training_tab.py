@@ -23,9 +23,11 @@ from .batch_tab import _writable_folder, resolve_model_field
 from .jobs import (
     ChildJob,
     JobState,
+    JobTab,
     ProcessRunner,
     SubprocessRunner,
     child_environment,
+    finite_number,
     python_executable,
 )
 
@@ -98,7 +100,7 @@ def _number(value: Any, field_name: str, kind: type, minimum: float, inclusive: 
     return number
 
 
-class TrainingTabLogic:
+class TrainingTabLogic(JobTab):
     """Runs one training job at a time and keeps what the tab shows.
 
     Series for the live plot: ``loss_series`` [(step, loss)], ``val_series``
@@ -256,14 +258,6 @@ class TrainingTabLogic:
         return folder
 
     # -- running ---------------------------------------------------------------------------
-    @property
-    def state(self) -> JobState:
-        return self.job.state if self.job is not None else JobState.IDLE
-
-    @property
-    def is_running(self) -> bool:
-        return self.state.active
-
     def start(self, params: TrainingParams,
               scene_pairs: Sequence[Sequence[Any]] | None = None) -> ChildJob:
         """Validate, export the scene cases if given, and start the child.
@@ -341,41 +335,7 @@ class TrainingTabLogic:
                 return candidate
         return None
 
-    def stop(self) -> None:
-        """Stop at the next step boundary (SIGTERM; the child saves last.pt and state.pt)."""
-        if self.job is not None:
-            self.job.stop()
-
-    def cleanup(self) -> None:
-        """Kill a running child (module closed / Slicer exits)."""
-        if self.job is not None:
-            self.job.kill()
-
-    def poll(self) -> bool:
-        """Read new output; True when anything may have changed (refresh the tab)."""
-        if self.job is None or not self.job.state.active:
-            return False
-        before = self.job.state
-        records = self.job.poll()
-        return bool(records) or self.job.state != before
-
     # -- what the tab shows ----------------------------------------------------------------
-    @property
-    def fraction(self) -> float:
-        return (self.job.fraction or 0.0) if self.job is not None else 0.0
-
-    @property
-    def eta_text(self) -> str:
-        return self.job.eta_text if self.job is not None else ""
-
-    @property
-    def error_message(self) -> str:
-        return self.job.error_message if self.job is not None else ""
-
-    @property
-    def summary(self) -> dict | None:
-        return self.job.summary if self.job is not None else None
-
     @property
     def status_text(self) -> str:
         """One line under the progress bar: step, epoch, loss, validation Dice, ETA."""
@@ -429,7 +389,7 @@ class TrainingTabLogic:
             path = str(record.get("path") or "")
             if kind == "best":
                 self.best_model_path = path
-                dice = _finite(record.get("val_dice"))
+                dice = finite_number(record.get("val_dice"))
                 if dice is not None:
                     self.best_val_dice = dice
             elif kind == "last":
@@ -442,7 +402,7 @@ class TrainingTabLogic:
             if record.get("last"):
                 self.last_model_path = str(record["last"])
             metrics = record.get("metrics") or {}
-            best = _finite(metrics.get("best_val_dice"))
+            best = finite_number(metrics.get("best_val_dice"))
             if best is not None:
                 self.best_val_dice = best
 
@@ -453,16 +413,16 @@ class TrainingTabLogic:
         total = record.get("total_steps")
         if isinstance(total, int) and not isinstance(total, bool) and total > 0:
             self.total_steps = total
-        epoch = _finite(record.get("epoch"))
+        epoch = finite_number(record.get("epoch"))
         if epoch is not None:
             self.epoch = epoch
-        loss = _finite(record.get("loss"))
+        loss = finite_number(record.get("loss"))
         if loss is not None:
             self.loss_series.append((self.step, loss))
-        lr = _finite(record.get("lr"))
+        lr = finite_number(record.get("lr"))
         if lr is not None:
             self.lr_series.append((self.step, lr))
-        dice = _finite(record.get("val_dice"))
+        dice = finite_number(record.get("val_dice"))
         if dice is not None:
             # val_dice repeats the latest validation until the next one: add a point when a
             # new validation happened (val_step if the child reports it, else a new value).
@@ -476,7 +436,7 @@ class TrainingTabLogic:
         gates = record.get("gate_rates")
         if isinstance(gates, Mapping):
             self.gate_rates = {str(k): float(v) for k, v in gates.items()
-                               if _finite(v) is not None}
+                               if finite_number(v) is not None}
 
     def _set_result(self) -> None:
         """The model to offer: the best checkpoint, else the last one, if the file exists."""
@@ -486,12 +446,3 @@ class TrainingTabLogic:
                 return
         self.result_model_path = None
 
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
