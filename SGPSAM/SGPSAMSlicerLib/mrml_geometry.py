@@ -118,28 +118,25 @@ def world_to_volume_ras(volume_node, points_world) -> np.ndarray:
 
     Works for linear and non-linear parent transforms (each point is transformed).
     """
-    points = np.asarray(points_world, dtype=np.float64)
-    single = points.ndim == 1
-    points = points.reshape(-1, 3)
-    parent = volume_node.GetParentTransformNode() if volume_node is not None else None
-    if parent is None:
-        out = points.copy()
-    else:
-        transform = _general_transform(None, parent)
-        out = np.array([transform.TransformPoint(*p) for p in points], dtype=np.float64)
-    return out[0] if single else out
+    return _through_parent(volume_node, points_world, to_world=False)
 
 
 def volume_ras_to_world(volume_node, points_ras) -> np.ndarray:
     """The volume's own RAS (3,) or (N, 3) -> world RAS (inverse of ``world_to_volume_ras``)."""
-    points = np.asarray(points_ras, dtype=np.float64)
+    return _through_parent(volume_node, points_ras, to_world=True)
+
+
+def _through_parent(volume_node, points, to_world: bool) -> np.ndarray:
+    """Points through the volume's parent transform, to or from world (identity without one)."""
+    points = np.asarray(points, dtype=np.float64)
     single = points.ndim == 1
     points = points.reshape(-1, 3)
     parent = volume_node.GetParentTransformNode() if volume_node is not None else None
     if parent is None:
         out = points.copy()
     else:
-        transform = _general_transform(parent, None)
+        transform = _general_transform(parent, None) if to_world else \
+            _general_transform(None, parent)
         out = np.array([transform.TransformPoint(*p) for p in points], dtype=np.float64)
     return out[0] if single else out
 
