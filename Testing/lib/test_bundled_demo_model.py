@@ -63,10 +63,11 @@ def test_demo_command_segments_the_held_out_lesion(tmp_path, capsys):
     record = json.loads(captured.out)
     assert record["seed"] == DEMO_SEED_BASE and record["held_out"] is True
     assert record["dice"] >= DEMO_CASE_MIN_DICE, record["lesions"]
-    mask = read_volume(record["files"]["mask"]).array > 0
+    predicted = read_volume(record["files"]["mask"])
+    mask = predicted.array > 0
     truth = read_volume(record["files"]["truth"]).array > 0
     assert mask.any()
     # The prediction is on the lesion, not elsewhere: their centroids are close (RAS mm).
-    matrix = read_volume(record["files"]["mask"]).ijk_to_ras[:3, :3]
+    matrix = predicted.ijk_to_ras[:3, :3]
     offset = matrix @ (np.argwhere(mask).mean(axis=0) - np.argwhere(truth).mean(axis=0))[::-1]
     assert np.linalg.norm(offset) <= MAX_CENTROID_OFFSET_MM, offset
