@@ -16,6 +16,7 @@ import torch
 from SGPSAMLib import models
 from SGPSAMLib.build import load_model
 from SGPSAMLib.cli import main
+from SGPSAMLib.geometry import array_index_to_ijk
 from SGPSAMLib.io import read_volume
 from SGPSAMLib.synthetic import DEMO_SEED_BASE
 
@@ -68,6 +69,7 @@ def test_demo_command_segments_the_held_out_lesion(tmp_path, capsys):
     truth = read_volume(record["files"]["truth"]).array > 0
     assert mask.any()
     # The prediction is on the lesion, not elsewhere: their centroids are close (RAS mm).
-    matrix = predicted.ijk_to_ras[:3, :3]
-    offset = matrix @ (np.argwhere(mask).mean(axis=0) - np.argwhere(truth).mean(axis=0))[::-1]
+    centroids = np.stack([np.argwhere(mask).mean(axis=0), np.argwhere(truth).mean(axis=0)])
+    predicted_ras, truth_ras = predicted.ijk_to_ras_points(array_index_to_ijk(centroids))
+    offset = predicted_ras - truth_ras
     assert np.linalg.norm(offset) <= MAX_CENTROID_OFFSET_MM, offset
