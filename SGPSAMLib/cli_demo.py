@@ -190,6 +190,7 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
                      "diameter_mm": (6.0 * voxels * voxel_ml * 1000.0 / np.pi) ** (1 / 3),
                      "dice_per_click": outcome["dice"], "dice": outcome["dice"][-1],
                      "dice_auc": outcome["dice_auc"], "nsd": outcome["nsd"],
+                     "predicted_voxels": outcome["predicted_voxels"],
                      "clicks": [c.to_dict() for c in outcome["clicks"]],
                      "timings": outcome["timings"], "seconds": seconds})
 

@@ -71,6 +71,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--diameter", default="3,40", metavar="MIN,MAX",
         help="lesion equivalent diameter range in mm (default 3,40)")
     add("--no-oblique", action="store_true", help="axis-aligned direction matrices only")
+    add("--appearance", default="plain", choices=("plain", "varied"),
+        help="lesion look: plain blobs (default) or varied (rim-enhancing with necrotic core, "
+             "mottled, subtle, random edge width)")
     parser.set_defaults(handler=_synth)
 
 
@@ -91,6 +94,8 @@ def _synth(args: argparse.Namespace) -> int:
         kwargs["n_lesions"] = args.lesions
     if args.no_oblique:
         kwargs["oblique"] = False
+    if args.appearance != "plain":
+        kwargs["appearance"] = args.appearance
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SGPSAMError(f"--out {out}: is a file; expected a folder")

@@ -45,6 +45,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--data", required=True, metavar="DIR", help="folder of image/label pairs")
     add("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    add("--recipe", metavar="NAME",
+        help="start from a named recipe's options (demo: the bundled model's); flags given "
+             "explicitly override it")
     add("--mode", choices=("sgp", "finetune"), help="training recipe (default: sgp)")
     add("--init", metavar="CKPT",
         help="start from this checkpoint (file, or a known model name such as "
@@ -74,6 +77,20 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
              "iteration and the last)")
     add("--prompt-mode", choices=("latest", "cumulative"),
         help="clicks given per iteration (default latest, as the interactive session)")
+    add("--rollout", action="store_const", const=True,
+        help="RITM schedule: train the first and the last round, play a random number of "
+             "rounds between without gradient (cheaper; learns to correct its own mistakes)")
+    add("--click-mode", choices=("uniform", "center", "mixed"),
+        help="corrective clicks: a random error voxel (uniform, SAM-Med3D; default), the "
+             "interior of the largest error region (center, as sgpsam evaluate) or both (mixed)")
+    add("--coarse-weight", type=float, metavar="W",
+        help="weight of the decoder's low-res loss beside the refinement head's (default 0.5)")
+    add("--interior-power", type=float, metavar="P",
+        help="first clicks drawn with probability depth**P inside the lesion (default 0: "
+             "uniform)")
+    add("--jitter-fraction", type=float, metavar="F",
+        help="share of crops shifted by --jitter-mm; the rest are centred on the first click "
+             "(default 1)")
     add("--labels", metavar="V,V", help="label values to train on (default: all non-zero)")
     add("--lesion-unit", choices=("component", "label"),
         help="a lesion is a connected component (default) or a whole label value")

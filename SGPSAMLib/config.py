@@ -51,10 +51,15 @@ class ModelConfig:
     sgpm_dilations: tuple[int, ...] = (1, 2, 3)
     gate_mode: str = "learned"
     gumbel_tau: float = 1.0
+    # Full-resolution refinement head (modeling/refiner.py): widths of its levels at S/2, S/4,
+    # ...; empty = no head (SAM-Med3D presets: official checkpoints have no such weights).
+    refine_channels: tuple[int, ...] = ()
+    # Standard deviation (crop voxels) of the click bumps the refinement head sees.
+    refine_click_sigma: float = 1.5
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("global_attn_indexes", "sgpm_blocks", "sgpm_dilations"):
+        for name in ("global_attn_indexes", "sgpm_blocks", "sgpm_dilations", "refine_channels"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         positive = ("image_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
                     "out_chans", "mask_in_chans", "decoder_depth", "decoder_num_heads",
@@ -91,6 +96,16 @@ class ModelConfig:
                              f"got {self.gate_mode!r}")
         if self.crop_spacing_mm <= 0 or self.gumbel_tau <= 0 or self.mlp_ratio <= 0:
             raise ValueError("ModelConfig.crop_spacing_mm, gumbel_tau and mlp_ratio must be > 0")
+        if self.refine_channels:
+            if any(c <= 0 for c in self.refine_channels):
+                raise ValueError("ModelConfig.refine_channels must be positive ints, got "
+                                 f"{self.refine_channels}")
+            if self.image_size % (2 ** len(self.refine_channels)):
+                raise ValueError(f"ModelConfig.image_size ({self.image_size}) must be a multiple "
+                                 f"of 2 ** len(refine_channels) ({2 ** len(self.refine_channels)})")
+        if not self.refine_click_sigma > 0:
+            raise ValueError("ModelConfig.refine_click_sigma must be > 0, got "
+                             f"{self.refine_click_sigma!r}")
 
     @property
     def grid_size(self) -> int:
@@ -99,8 +114,14 @@ class ModelConfig:
 
     @property
     def low_res_size(self) -> int:
-        """Voxels per axis of the decoder's low-res logits (image_size / 4)."""
+        """Voxels per axis of the decoder's low-res logits (4x the token grid)."""
         return self.grid_size * 4
+
+    @property
+    def output_size(self) -> int:
+        """Voxels per axis of the logits a prediction returns: the crop's with a refinement
+        head, the decoder's low-res grid without."""
+        return self.image_size if self.refine_channels else self.low_res_size
 
     def to_dict(self) -> dict[str, Any]:
         """Plain builtins (lists, not tuples): loadable with ``weights_only=True``."""

@@ -41,8 +41,16 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 import numpy as np
-import SimpleITK as sitk
 
+from .click_robot import (
+    as_mask,
+    check_spacing,
+    connected_components,
+    distance_to,
+    interior_voxel,
+    mask_bbox,
+    next_click,
+)
 from .errors import SGPSAMError
 from .geometry import Volume, array_index_to_ijk
 
@@ -79,33 +87,13 @@ BBox = tuple[slice, slice, slice]
 # ----------------------------------------------------------------------------------------------
 # Masks and metrics (numpy + SimpleITK; exact and unit-tested).
 
-def _bool(mask: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(mask)
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must be a 3-D (K, J, I) mask; got shape {arr.shape}")
-    return arr.astype(bool, copy=False)
-
-
-def _bbox(mask: np.ndarray, pad: int = 0) -> BBox | None:
-    """Array-order box of the True voxels grown by ``pad`` (clipped), or None if empty."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(d for d in range(mask.ndim) if d != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        if idx.size == 0:
-            return None
-        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad,
-                                                         mask.shape[axis])))
-    return tuple(box)
-
-
 def dice(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -> float:
     """Dice of two masks, voxels in ``ignore`` left out; 1.0 when both are empty."""
-    p, t = _bool(pred, "pred"), _bool(truth, "truth")
+    p, t = as_mask(pred, "pred"), as_mask(truth, "truth")
     if p.shape != t.shape:
         raise ValueError(f"pred {p.shape} and truth {t.shape} must have the same shape")
     if ignore is not None:
-        keep = ~_bool(ignore, "ignore")
+        keep = ~as_mask(ignore, "ignore")
         p, t = p & keep, t & keep
     total = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
     if total == 0:
@@ -138,26 +126,6 @@ def _erode6(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _distance_to(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Euclidean distance (mm) from every voxel centre to the nearest True voxel centre."""
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
-                                            useImageSpacing=True)
-    out = sitk.GetArrayFromImage(distance)
-    out[mask] = 0.0
-    return out
-
-
-def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
-    if spacing is None:
-        return (1.0, 1.0, 1.0)
-    values = tuple(float(s) for s in spacing)
-    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing must be 3 positive mm values (i, j, k); got {spacing!r}")
-    return values
-
-
 def normalized_surface_dice(pred: np.ndarray, truth: np.ndarray,
                             spacing: Sequence[float] | None = None,
                             tolerance_mm: float = NSD_TOLERANCE_MM,
@@ -167,63 +135,25 @@ def normalized_surface_dice(pred: np.ndarray, truth: np.ndarray,
     ``spacing`` is (i, j, k) mm, i.e. ``Volume.spacing`` for a (K, J, I) array. Both masks
     empty: NaN (as MONAI); exactly one empty: 0.
     """
-    p, t = _bool(pred, "pred"), _bool(truth, "truth")
+    p, t = as_mask(pred, "pred"), as_mask(truth, "truth")
     if p.shape != t.shape:
         raise ValueError(f"pred {p.shape} and truth {t.shape} must have the same shape")
-    sp = _spacing(spacing)
+    sp = check_spacing(spacing)
     if ignore is not None:
-        keep = ~_bool(ignore, "ignore")
+        keep = ~as_mask(ignore, "ignore")
         p, t = p & keep, t & keep
-    box = _bbox(p | t, pad=1)
+    box = mask_bbox(p | t, pad=1)
     if box is None:
         return float("nan")
     p, t = p[box], t[box]
     if not p.any() or not t.any():
         return 0.0
     surface_p, surface_t = p & ~_erode6(p), t & ~_erode6(t)
-    to_t = _distance_to(surface_t, sp)[surface_p]
-    to_p = _distance_to(surface_p, sp)[surface_t]
+    to_t = distance_to(surface_t, sp)[surface_p]
+    to_p = distance_to(surface_p, sp)[surface_t]
     tol = float(tolerance_mm) + 1e-6
     correct = int(np.count_nonzero(to_t <= tol)) + int(np.count_nonzero(to_p <= tol))
     return correct / float(to_t.size + to_p.size)
-
-
-def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components -> (int32 ids 0..n on the mask's shape, n)."""
-    m = _bool(mask, "mask")
-    ids = np.zeros(m.shape, dtype=np.int32)
-    box = _bbox(m)
-    if box is None:
-        return ids, 0
-    labelled = sitk.ConnectedComponent(sitk.GetImageFromArray(m[box].astype(np.uint8)), True)
-    ids[box] = sitk.GetArrayFromImage(labelled)
-    return ids, int(ids.max())
-
-
-def interior_voxel(mask: np.ndarray, spacing: Sequence[float] | None = None
-                   ) -> tuple[int, int, int]:
-    """(k, j, i) of the mask voxel farthest (mm) from any voxel outside the mask.
-
-    The array's outside counts as "outside the mask". Ties: the voxel nearest the mask's
-    centroid (mm), then the first in array order. Where a user would click: the middle.
-    """
-    m = _bool(mask, "mask")
-    box = _bbox(m, pad=1)
-    if box is None:
-        raise ValueError("interior_voxel: the mask is empty")
-    sp = _spacing(spacing)
-    sub = np.pad(m[box], 1)  # a background border, so the array's edge is "outside"
-    depth = _distance_to(~sub, sp)
-    idx = np.argwhere(sub)
-    values = depth[sub]
-    best = idx[values >= values.max() - 1e-6]
-    if len(best) > 1:
-        scale = np.asarray(sp[::-1])  # (k, j, i) mm per index
-        centroid = idx.mean(axis=0)
-        dist = (((best - centroid) * scale) ** 2).sum(axis=1)
-        best = best[dist <= dist.min() + 1e-9]
-    k, j, i = (int(v) for v in best[0])
-    return (k + box[0].start - 1, j + box[1].start - 1, i + box[2].start - 1)
 
 
 @dataclass(frozen=True)
@@ -237,35 +167,6 @@ class SimulatedClick:
     def to_dict(self) -> dict[str, Any]:
         return {"kji": list(self.kji), "ras": [round(v, 4) for v in self.ras],
                 "positive": self.positive}
-
-
-def next_click(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None,
-               ignore: np.ndarray | None = None) -> tuple[tuple[int, int, int], bool] | None:
-    """Where the next corrective click goes: ((k, j, i), positive), or None without errors.
-
-    The largest 26-connected false-negative or false-positive region (voxels in ``ignore``
-    excluded; ties: false negatives) gets a click at its most interior voxel; positive for a
-    false negative, negative for a false positive.
-    """
-    p, t = _bool(pred, "pred"), _bool(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred {p.shape} and truth {t.shape} must have the same shape")
-    keep = np.ones(p.shape, dtype=bool) if ignore is None else ~_bool(ignore, "ignore")
-    best: tuple[int, bool, np.ndarray, BBox] | None = None
-    for positive, error in ((True, t & ~p & keep), (False, p & ~t & keep)):
-        box = _bbox(error)
-        if box is None:
-            continue
-        ids, count = connected_components(error[box])
-        sizes = np.bincount(ids.reshape(-1), minlength=count + 1)[1:]
-        largest = int(np.argmax(sizes))
-        if best is None or sizes[largest] > best[0]:
-            best = (int(sizes[largest]), positive, ids == largest + 1, box)
-    if best is None:
-        return None
-    _, positive, component, box = best
-    k, j, i = interior_voxel(component, spacing)
-    return (k + box[0].start, j + box[1].start, i + box[2].start), positive
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +189,7 @@ def simulate_lesion(session: Any, volume: Volume, truth: np.ndarray, clicks: int
     """
     if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 1:
         raise ValueError(f"clicks must be an int >= 1; got {clicks!r}")
-    truth = _bool(truth, "truth")
+    truth = as_mask(truth, "truth")
     spacing = tuple(float(s) for s in volume.spacing)
     session.reset()
     done: list[SimulatedClick] = []
@@ -323,8 +224,13 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
+#: Lesions whose Dice after the first click is below this are the ones later clicks must fix.
+CORRECTION_DICE = 0.8
+
+
 def _group_summary(rows: list[dict], clicks: int) -> dict[str, Any]:
     per_click = [_mean([r[f"dice_{c}"] for r in rows]) for c in range(1, clicks + 1)]
+    weak = [r for r in rows if r["dice_1"] is not None and r["dice_1"] < CORRECTION_DICE]
     return {
         "lesions": len(rows),
         "dice_per_click": per_click,
@@ -332,6 +238,14 @@ def _group_summary(rows: list[dict], clicks: int) -> dict[str, Any]:
         "dice_final": per_click[-1] if per_click else None,
         "dice_auc": _mean([r["dice_auc"] for r in rows]),
         "nsd": _mean([r["nsd"] for r in rows]),
+        "empty_masks": sum(1 for r in rows if r.get("predicted_voxels") == 0),
+        # Do later clicks help where help is needed? Lesions with Dice < 0.8 after click 1.
+        "needs_correction": {
+            "lesions": len(weak),
+            "dice_1": _mean([r["dice_1"] for r in weak]),
+            "dice_final": _mean([r[f"dice_{clicks}"] for r in weak]),
+            "gain": _mean([r[f"dice_{clicks}"] - r["dice_1"] for r in weak]),
+        },
     }
 
 

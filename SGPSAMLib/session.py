@@ -102,7 +102,9 @@ class RegionState:
         id: index in ``SessionState.regions``.
         region: the crop frame.
         group: id of the lesion's first region (extension windows share it).
-        logits: (L, L, L) float32 CPU tensor, the last low-res logits (None before decoding).
+        logits: (O, O, O) float32 CPU tensor, the model's last logits for it (None before
+            decoding): the decoder's low-res grid (O = L), or the crop's own grid (O = S) for a
+            model with a refinement head.
         bbox: array-order box of the foreground of its last prediction (None if empty).
         footprint: array-order box of the original voxels its cube may hold.
         seeds: (N, 3) crop indices of internal positive seeds (extension windows).
@@ -140,6 +142,8 @@ class SessionState:
         ras_bounds: (min, max) RAS mm covered by the image's voxels.
         regions: crop windows in creation order.
         embeddings: LRU cache Region -> (1, C, g, g, g) image embedding on the device.
+        crops: the normalised (1, 1, S, S, S) crops of those regions, kept only for a model
+            with a refinement head (it looks at the image again at every click).
         clicks: every click, in order.
         undo_stack: one entry per ``add_point``.
         voxels: number of foreground voxels in ``mask``.
@@ -152,6 +156,7 @@ class SessionState:
     ras_bounds: tuple[np.ndarray, np.ndarray]
     regions: list[RegionState] = field(default_factory=list)
     embeddings: OrderedDict[Region, torch.Tensor] = field(default_factory=OrderedDict)
+    crops: dict[Region, torch.Tensor] = field(default_factory=dict)
     clicks: list[Click] = field(default_factory=list)
     undo_stack: list[_UndoEntry] = field(default_factory=list)
     voxels: int = 0
@@ -229,6 +234,8 @@ class InteractiveSession:
         self.size = int(model.config.image_size)
         self.spacing_mm = float(model.config.crop_spacing_mm)
         self.low_res_size = int(getattr(model, "low_res_size", self.size // 4))
+        self.output_size = int(getattr(model, "output_size", self.low_res_size))
+        self._keeps_crops = getattr(model, "refiner", None) is not None
         self._state: SessionState | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -446,6 +453,13 @@ class InteractiveSession:
         labels = [int(c.positive) for c in chosen] + [1] * len(seeds)
         return np.asarray(points, dtype=np.float32).reshape(-1, 3), np.asarray(labels)
 
+    def _all_clicks(self, rs: RegionState) -> tuple[np.ndarray, np.ndarray]:
+        """Every click inside the region and its seeds (what a refinement head sees)."""
+        chosen = [c for c in self._state.clicks if rs.region.contains_ras(c.ras)]
+        points = [rs.region.ras_to_crop_points(c.ras) for c in chosen] + list(rs.seeds)
+        labels = [int(c.positive) for c in chosen] + [1] * len(rs.seeds)
+        return np.asarray(points, dtype=np.float32).reshape(-1, 3), np.asarray(labels)
+
     # ------------------------------------------------------------------------------------------
     # Model calls.
 
@@ -478,8 +492,11 @@ class InteractiveSession:
         self._sync()
         timings["encode"] += time.perf_counter() - tick
         cache[region] = embedding
+        if self._keeps_crops:
+            state.crops[region] = image
         while len(cache) > self.cache_size:
-            cache.popitem(last=False)
+            evicted, _ = cache.popitem(last=False)
+            state.crops.pop(evicted, None)
         return embedding, False
 
     def _decode_region(self, rs: RegionState, entry: _UndoEntry,
@@ -487,24 +504,36 @@ class InteractiveSession:
         """Decode one region with its prompt and write its prediction; -> embedding cached."""
         embedding, cached = self._embedding(rs.region, timings)
         points, labels = self._prompt(rs)
-        size = self.low_res_size
-        previous = rs.logits
-        if previous is None:
-            previous = torch.zeros((size, size, size))
+        size = self.output_size
         tick = time.perf_counter()
         with torch.inference_mode(), self._autocast():
-            logits = self.model.decode(
-                embedding,
-                torch.from_numpy(points)[None].to(self.device),
-                torch.from_numpy(labels).long()[None].to(self.device),
-                previous[None, None].to(self.device),
-            )
+            logits = self._predict(rs, embedding, points, labels)
         logits = logits.detach().float().reshape(size, size, size).cpu()
         timings["decode"] += time.perf_counter() - tick
         tick = time.perf_counter()
         self._write(rs, logits, entry)
         timings["map_back"] += time.perf_counter() - tick
         return cached
+
+    def _predict(self, rs: RegionState, embedding: torch.Tensor, points: np.ndarray,
+                 labels: np.ndarray) -> torch.Tensor:
+        """The model's logits for a region's prompt, given its previous answer."""
+        def tensors(p: np.ndarray, lab: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return (torch.from_numpy(p)[None].to(self.device),
+                    torch.from_numpy(lab).long()[None].to(self.device))
+
+        point_t, label_t = tensors(points, labels)
+        previous = None if rs.logits is None else rs.logits[None, None].to(self.device)
+        predict = getattr(self.model, "predict", None)
+        if predict is None:  # a bare encode/decode model: SAM-Med3D's decoder call
+            if previous is None:
+                size = self.low_res_size
+                previous = torch.zeros((1, 1, size, size, size), device=self.device)
+            return self.model.decode(embedding, point_t, label_t, previous)
+        clicks, click_labels = tensors(*self._all_clicks(rs))
+        image = self._state.crops.get(rs.region)
+        logits, _ = predict(embedding, image, point_t, label_t, previous, clicks, click_labels)
+        return logits
 
     def _write(self, rs: RegionState, logits: torch.Tensor, entry: _UndoEntry) -> None:
         """Map a region's new logits to the volume and write the voxels it owns."""
@@ -638,7 +667,7 @@ class InteractiveSession:
     def _seed(self, rs: RegionState, axis: int, direction: int, candidate: Region
               ) -> np.ndarray | None:
         """Crop index (in ``candidate``) of the overlap's foreground cell nearest its centre."""
-        size_l = self.low_res_size
+        size_l = rs.logits.shape[0]
         scale = self.size / size_l
         cells = torch.nonzero(rs.logits > 0).numpy().astype(np.float64)
         crop = scale * cells + (scale - 1.0) / 2.0  # low-res cell centres in crop indices

@@ -54,6 +54,8 @@ __all__ = [
     "DEMO_SEED_BASE",
     "EVAL_SEED_BASE",
     "MODALITIES",
+    "APPEARANCES",
+    "LESION_KINDS",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,12 @@ _GAP_VOXELS = 2
 _EDGE_MM = 0.6  # half-width of the partial-volume edge
 _PLACEMENT_TRIES = 40
 _SHRINK = 0.85
+#: ``make_case(appearance=...)``.
+APPEARANCES = ("plain", "varied")
+#: Lesion kinds of ``appearance="varied"`` and how often each is drawn.
+LESION_KINDS = ("plain", "rim", "mottled", "subtle")
+_KIND_WEIGHTS = (0.35, 0.25, 0.2, 0.2)
+_VARIED_STREAM = 0x5A17  # second seed word of the "varied" random stream
 
 
 @dataclass(frozen=True)
@@ -377,6 +385,35 @@ class _Shape:
         return out
 
 
+def _varied_interior(rng: np.random.Generator, kind: str, level: float, contrast: float,
+                     texture: np.ndarray, f_rel: np.ndarray, levels: dict[str, float],
+                     modality: str, patch: np.ndarray) -> np.ndarray:
+    """Target intensity inside a lesion of ``kind`` (f_rel < 1 inside, 0 at the centre).
+
+    - plain: one contrast, light texture (as ``appearance="plain"``);
+    - rim: an enhancing wall (brighter than the tissue) around a necrotic core (darker than
+      the wall, often darker than the tissue), the core taking 30-70 % of the radius;
+    - mottled: strong, coarse internal texture around the mean contrast;
+    - subtle: a third to a half of the contrast and a homogeneous interior, so the lesion is
+      told from its (textured) surroundings partly by the missing texture.
+    """
+    if kind == "plain":
+        return level + contrast * (1.0 + 0.2 * texture)
+    if kind == "rim":
+        scale = 1.0 if modality == "CT" else levels["organ"]
+        wall = abs(contrast) + scale * (rng.uniform(20, 60) if modality == "CT"
+                                        else rng.uniform(0.1, 0.4))
+        core = -abs(contrast) * rng.uniform(0.3, 1.2)
+        radius = rng.uniform(0.3, 0.7)
+        t = np.clip((f_rel - radius) / 0.15, 0.0, 1.0)
+        return level + (core + (wall - core) * t) * (1.0 + 0.15 * texture)
+    if kind == "mottled":
+        return level + contrast * (1.0 + rng.uniform(0.4, 0.8) * texture)
+    # subtle: replace the tissue's texture by a flat interior.
+    smooth = float(np.median(patch[f_rel < 1.0])) if np.any(f_rel < 1.0) else level
+    return np.full_like(patch, 0.5 * (level + smooth) + contrast * rng.uniform(0.3, 0.5))
+
+
 def _place_lesion(rng: np.random.Generator, anatomy: _Anatomy, label: np.ndarray,
                   free: np.ndarray, spacing_kji: np.ndarray, diameter: float
                   ) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, tuple[int, int, int]
@@ -447,8 +484,8 @@ def _parse_triplet(value: Sequence[float] | None, name: str, integer: bool
 
 def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None = None,
               spacing: Sequence[float] | None = None, n_lesions: int | None = None,
-              diameter_mm: tuple[float, float] = (3.0, 40.0), oblique: bool = True
-              ) -> SyntheticCase:
+              diameter_mm: tuple[float, float] = (3.0, 40.0), oblique: bool = True,
+              appearance: str = "plain") -> SyntheticCase:
     """One synthetic case, identical for identical arguments.
 
     Args:
@@ -460,6 +497,12 @@ def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None =
         diameter_mm: (min, max) equivalent diameter of each lesion, drawn log-uniformly. A lesion
             that cannot fit in the body shrinks (logged) until it does.
         oblique: rotate the direction matrix by a random 5-35 degrees.
+        appearance: "plain" (every lesion a blob of one contrast with light texture) or
+            "varied" (each lesion drawn from the kinds of :data:`LESION_KINDS`: plain, a
+            rim-enhancing lesion with a necrotic core, a mottled one, a subtle one that differs
+            from its surroundings more by texture than by mean, all with a partial-volume edge
+            of random width). "varied" draws from a second random stream, so a "plain" case is
+            the same whatever this option's existence (held-out sets stay what they were).
 
     Raises:
         VolumeError: invalid arguments.
@@ -476,11 +519,15 @@ def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None =
         raise VolumeError(f"diameter_mm must be (min, max) in mm; got {diameter_mm!r}") from exc
     if not (0 < d_lo <= d_hi and math.isfinite(d_hi)):
         raise VolumeError(f"diameter_mm must satisfy 0 < min <= max; got {diameter_mm!r}")
+    if appearance not in APPEARANCES:
+        raise VolumeError(f"appearance must be one of {APPEARANCES}; got {appearance!r}")
     if n_lesions is not None and (isinstance(n_lesions, bool) or not isinstance(
             n_lesions, (int, np.integer)) or not 1 <= n_lesions <= _MAX_LESIONS):
         raise VolumeError(f"n_lesions must be an int in 1..{_MAX_LESIONS}; got {n_lesions!r}")
 
     rng = np.random.default_rng(int(seed))
+    varied = np.random.default_rng([int(seed), _VARIED_STREAM]) if appearance == "varied" \
+        else None
     modality = modality.upper()
     if modality == "RANDOM":
         modality = "CT" if rng.random() < 0.5 else "MR"
@@ -507,6 +554,7 @@ def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None =
     label = np.zeros(shape_kji, dtype=np.uint8)
     voxel_mm3 = float(np.prod(spacing_xyz))
     lesions: list[LesionSpec] = []
+    kinds: list[str] = []
     log_lo, log_hi = math.log(d_lo), math.log(d_hi)
     for value in range(1, count + 1):
         target_d = math.exp(rng.uniform(log_lo, log_hi))
@@ -530,7 +578,8 @@ def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None =
         else:
             contrast = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.6) * levels["organ"])
         # Partial-volume weight: 1 deep inside, 0.5 on the label's surface, 0 outside.
-        edge = _EDGE_MM / max(0.5 * diameter, 1e-3)
+        edge_mm = _EDGE_MM if varied is None else float(varied.uniform(0.3, 1.5))
+        edge = edge_mm / max(0.5 * diameter, 1e-3)
         weight = np.clip((1.0 - f_rel) / (2.0 * edge) + 0.5, 0.0, 1.0).astype(np.float32)
         weight[local] = np.maximum(weight[local], 0.5)
         weight[~local] = np.minimum(weight[~local], 0.5)
@@ -540,7 +589,14 @@ def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None =
         shell = _dilate(local, 2) & ~local
         level = float(np.median(patch[shell])) if shell.any() else float(patch[local].mean())
         texture = _smooth_noise(rng, weight.shape, spacing_kji, 3.0)
-        patch += weight * (level + contrast * (1.0 + 0.2 * texture) - patch)
+        if varied is None:
+            inside = level + contrast * (1.0 + 0.2 * texture)
+        else:
+            kind = str(varied.choice(LESION_KINDS, p=_KIND_WEIGHTS))
+            inside = _varied_interior(varied, kind, level, contrast, texture, f_rel,
+                                      levels, modality, patch)
+            kinds.append(kind)
+        patch += weight * (inside - patch)
         label[box][local] = value
         voxels = int(local.sum())
         ijk = array_index_to_ijk(np.array(centre, dtype=np.float64))
@@ -570,7 +626,8 @@ def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None =
         "seed": int(seed), "modality": modality, "shape": [int(v) for v in shape_ijk],
         "spacing_mm": [float(v) for v in spacing_xyz], "direction": direction.tolist(),
         "centre_ras": [float(v) for v in centre_ras], "n_lesions": count,
-        "diameter_mm": [d_lo, d_hi], "oblique": bool(oblique),
+        "diameter_mm": [d_lo, d_hi], "oblique": bool(oblique), "appearance": appearance,
+        **({"lesion_kinds": kinds} if varied is not None else {}),
         "levels": {k: float(v) for k, v in levels.items()}, **anatomy.parameters,
     }
     volume = Volume(array, matrix, f"synthetic_{int(seed):05d}")

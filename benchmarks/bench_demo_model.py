@@ -55,7 +55,8 @@ def _synthetic(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     write_dataset(folder, args.synthetic_cases, args.seed)
     summary = evaluate(args.model, folder, clicks=args.clicks, device=args.device).summary
     keep = ("cases", "cases_failed", "lesions", "dice_per_click", "dice_1", "dice_final",
-            "dice_auc", "nsd", "nsd_tolerance_mm", "small", "large", "seconds")
+            "dice_auc", "nsd", "nsd_tolerance_mm", "empty_masks", "needs_correction", "small",
+            "large", "seconds")
     return {"seeds": [args.seed, args.seed + args.synthetic_cases - 1],
             **{k: summary.get(k) for k in keep}}
 
@@ -79,13 +80,15 @@ def _shared(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                      "lesion_ml": round(lesion["volume_ml"], 2),
                      "dice_per_click": [round(d, 4) for d in lesion["dice_per_click"]],
                      "dice_1": lesion["dice_per_click"][0], "dice_final": lesion["dice"],
-                     "nsd": lesion["nsd"], "seconds": round(time.perf_counter() - tick, 2)})
+                     "nsd": lesion["nsd"], "predicted_voxels": lesion["predicted_voxels"],
+                     "seconds": round(time.perf_counter() - tick, 2)})
     ok = [r for r in rows if "error" not in r]
     return {"cases": rows, "median_dice_1": float(np.median([r["dice_1"] for r in ok])) if ok
             else None,
             "median_dice_final": float(np.median([r["dice_final"] for r in ok])) if ok
             else None,
-            "mean_dice_final": float(np.mean([r["dice_final"] for r in ok])) if ok else None}
+            "mean_dice_final": float(np.mean([r["dice_final"] for r in ok])) if ok else None,
+            "empty_masks": sum(1 for r in ok if r["predicted_voxels"] == 0)}
 
 
 def main(argv: list[str] | None = None) -> int:

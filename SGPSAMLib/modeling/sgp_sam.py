@@ -1,13 +1,16 @@
-"""SGP-SAM: composition of image encoder (+ SGPM), prompt encoder and mask decoder."""
+"""SGP-SAM: composition of image encoder (+ SGPM), prompt encoder, mask decoder and an optional
+full-resolution refinement head."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
+from .refiner import MaskRefiner3D, render_click_maps
 
 __all__ = ["SGPSAMModel"]
 
@@ -42,10 +45,18 @@ class SGPSAMModel(nn.Module):
             num_multimask_outputs=config.num_multimask_outputs,
             iou_head_depth=config.iou_head_depth, iou_head_hidden_dim=config.iou_head_hidden_dim,
         )
+        self.refiner = (MaskRefiner3D(config.image_size, config.refine_channels,
+                                      config.out_chans, config.refine_click_sigma)
+                        if config.refine_channels else None)
 
     @property
     def low_res_size(self) -> int:
         return self.config.low_res_size
+
+    @property
+    def output_size(self) -> int:
+        """Side of the logits :meth:`predict` returns (crop size with a refiner, else L)."""
+        return self.config.output_size
 
     @property
     def embedding_shape(self) -> tuple[int, int, int, int]:
@@ -77,14 +88,55 @@ class SGPSAMModel(nn.Module):
                                       dense.to(embedding.dtype), multimask_output=False)
         return logits
 
+    def predict(self, embedding: torch.Tensor, image: torch.Tensor | None,
+                points: torch.Tensor | None, labels: torch.Tensor | None,
+                previous: torch.Tensor | None, clicks: torch.Tensor | None = None,
+                click_labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One interaction step -> (logits (B, 1, O, O, O), decoder low-res logits).
+
+        O is :attr:`output_size`. Without a refinement head this is :meth:`decode` with
+        ``previous`` as the mask prompt, and both results are the same tensor. With one, the
+        decoder's mask prompt is ``previous`` averaged down to its grid, and the head refines
+        the decoder's answer at full resolution from the image, every click so far and
+        ``previous``.
+
+        Args:
+            embedding: (B or 1, C, g, g, g) from :meth:`encode`.
+            image: (B, 1, S, S, S) the crop that was encoded (needed with a refinement head).
+            points, labels: the decoder's prompt (see :meth:`decode`), e.g. the newest click.
+            previous: (B, 1, O, O, O) the previous logits, or None before the first click.
+            clicks, click_labels: (B, N, 3) / (B, N) every click so far in this crop, for the
+                refinement head (labels 1, 0, or -1 = padding); default ``points``/``labels``.
+        """
+        batch = embedding.shape[0] if points is None else points.shape[0]
+        low_size = self.low_res_size
+        if previous is None:
+            prompt = embedding.new_zeros((batch, 1, low_size, low_size, low_size))
+        elif previous.shape[-1] != low_size:
+            prompt = F.interpolate(previous.float(), size=(low_size,) * 3, mode="area")
+        else:
+            prompt = previous
+        low = self.decode(embedding, points, labels, prompt.to(embedding.dtype))
+        if self.refiner is None:
+            return low, low
+        if image is None:
+            raise ValueError("this model has a refinement head: predict() needs the image crop")
+        if clicks is None:
+            clicks, click_labels = points, labels
+        maps = render_click_maps(clicks, click_labels, self.config.image_size,
+                                 self.config.refine_click_sigma)
+        if maps.shape[0] != batch:
+            maps = maps.expand(batch, -1, -1, -1, -1)
+        refined = self.refiner(image, low, maps.to(image.device), previous, embedding)
+        return refined, low
+
     def forward(self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor,
                 mask_logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode + decode in one call (training convenience)."""
+        """Encode + one prediction (training convenience): logits at :attr:`output_size`."""
         embedding = self.encode(image)
-        if mask_logits is None:
-            size = self.low_res_size
-            mask_logits = image.new_zeros((image.shape[0], 1, size, size, size))
-        return self.decode(embedding, points, labels, mask_logits)
+        logits, _ = self.predict(embedding, image, points, labels, mask_logits)
+        return logits
 
     def gate_statistics(self) -> dict[str, float]:
         """Per-SGPM-block fraction of samples that ran the fusion block since the last reset."""

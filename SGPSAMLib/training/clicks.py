@@ -1,17 +1,29 @@
-"""Simulated clicks, as SAM-Med3D trains and evaluates them (reference/sam_med3d.md §5.1, §6).
+"""Simulated corrective clicks in a training crop.
 
-The next click is a uniformly random voxel of the error region of the previous prediction:
-false negatives (lesion voxels predicted background) give a positive click, false positives a
-negative one. With no error left, a random lesion voxel is clicked (positive), as the official
-evaluation does. The previous prediction is the low-res logits upsampled to the crop
-(trilinear, ``align_corners=False``) and thresholded at logit 0 (sigmoid 0.5), the threshold
-the session uses.
+Two protocols (``click_mode``), chosen per click for each sample:
+
+- ``uniform`` (SAM-Med3D training, reference/sam_med3d.md §5.1, §6): a uniformly random voxel
+  of the error region; false negatives (lesion voxels predicted background) give a positive
+  click, false positives a negative one;
+- ``center`` (this project's evaluation robot, :mod:`SGPSAMLib.click_robot`): the most interior
+  voxel of the largest connected error region, so training sees the clicks the evaluation (and
+  a user aiming at the middle of a mistake) makes;
+- ``mixed``: each click is one or the other with probability 1/2.
+
+With no error left, a random lesion voxel is clicked (positive), as the official evaluation
+does. The previous prediction is the logits upsampled to the crop (trilinear,
+``align_corners=False``) and thresholded at logit 0 (sigmoid 0.5), the threshold the session
+uses.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["error_clicks", "random_voxel"]
+from ..click_robot import next_click
+from .config import CLICK_MODES
+
+__all__ = ["error_clicks", "center_clicks", "corrective_clicks", "random_voxel", "CLICK_MODES"]
 
 
 def random_voxel(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
@@ -70,3 +82,60 @@ def error_clicks(label: torch.Tensor, predicted: torch.Tensor, generator: torch.
         points[b, 0] = voxel.float()
         labels[b, 0] = int(truth[tuple(voxel.tolist())])
     return points, labels
+
+
+def center_clicks(label: torch.Tensor, predicted: torch.Tensor, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One click per sample at the interior of the largest error region (the evaluation robot).
+
+    Same arguments and results as :func:`error_clicks`; a sample without error gets a random
+    lesion voxel (positive), one without lesion or error the crop centre, negative.
+    """
+    label = label.bool()
+    predicted = predicted.bool()
+    batch, size = label.shape[0], label.shape[-1]
+    points = torch.empty((batch, 1, 3), dtype=torch.float32, device=label.device)
+    labels = torch.empty((batch, 1), dtype=torch.long, device=label.device)
+    for b in range(batch):
+        truth = label[b, 0].cpu().numpy()
+        found = next_click(predicted[b, 0].cpu().numpy(), truth)
+        if found is None:
+            voxel = random_voxel(label[b, 0], generator)
+            if voxel is None:
+                points[b, 0] = (size - 1) / 2.0
+                labels[b, 0] = 0
+                continue
+            points[b, 0] = voxel.float()
+            labels[b, 0] = 1
+            continue
+        points[b, 0] = torch.tensor(found[0], dtype=torch.float32)
+        labels[b, 0] = int(found[1])
+    return points, labels
+
+
+def corrective_clicks(label: torch.Tensor, predicted: torch.Tensor, generator: torch.Generator,
+                      mode: str = "uniform") -> tuple[torch.Tensor, torch.Tensor]:
+    """The next click of every sample under ``mode`` (module docstring)."""
+    if mode == "uniform":
+        return error_clicks(label, predicted, generator)
+    if mode == "center":
+        return center_clicks(label, predicted, generator)
+    if mode != "mixed":
+        raise ValueError(f"click mode must be one of {CLICK_MODES}, got {mode!r}")
+    uniform_points, uniform_labels = error_clicks(label, predicted, generator)
+    center_points, center_labels = center_clicks(label, predicted, generator)
+    pick = torch.rand(label.shape[0], generator=generator) < 0.5
+    pick = pick.to(label.device)
+    points = torch.where(pick[:, None, None], center_points, uniform_points)
+    labels = torch.where(pick[:, None], center_labels, uniform_labels)
+    return points, labels
+
+
+def interior_weights(depth_mm: np.ndarray, power: float) -> np.ndarray:
+    """Sampling weights for first clicks from voxel depths: ``depth ** power`` (normalised).
+
+    ``power`` 0 is uniform over the lesion; larger powers concentrate the clicks near the
+    middle, where users (and the evaluation robot, which takes the deepest voxel) click.
+    """
+    weights = np.maximum(np.asarray(depth_mm, dtype=np.float64), 1e-6) ** float(power)
+    return weights / weights.sum()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +15,12 @@ MODES = ("sgp", "finetune")
 GATE_MODES = ("learned", "always_on", "always_off")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 PROMPT_MODES = ("latest", "cumulative")
+#: Corrective-click protocols (see ``training/clicks.py``).
+CLICK_MODES = ("uniform", "center", "mixed")
 #: Options a resumed run may change; any other difference from the stored run is an error.
 RESUME_OVERRIDABLE = ("steps", "epochs", "device", "num_workers", "threads", "val_every",
-                      "checkpoint_every", "log_every", "resume", "command", "out", "data")
+                      "checkpoint_every", "log_every", "resume", "command", "out", "data",
+                      "val_data")
 
 _DEFAULT_MODE_LOSS = {"sgp": "zoom", "finetune": "dicece"}
 
@@ -44,10 +48,29 @@ class TrainConfig:
         random_insert: SAM-Med3D's point-free iterations (one random middle iteration and the
             last one get only the previous mask).
         prompt_mode: "latest" (newest click + previous logits, as the session) or "cumulative".
+        rollout: RITM's schedule instead of SAM-Med3D's: the first and the last round are
+            trained, a random number of rounds between is played without gradient (see
+            ``InteractiveLoss``); random_insert is then off.
+        click_mode: corrective clicks: "uniform" (a random error voxel, SAM-Med3D), "center"
+            (the interior of the largest error region: the evaluation's robot) or "mixed".
+        coarse_weight: weight of the decoder's own (low-res) loss for a model with a
+            refinement head (deep supervision).
+        interior_power: first clicks drawn with probability depth ** power over the lesion's
+            voxels (0 = uniform; the evaluation clicks the deepest voxel).
+        jitter_fraction: share of crops shifted by jitter_mm; the rest are centred on the first
+            click exactly, as the session centres a new region.
+    Data:
+        data: one folder of image/label pairs, or several (their cases are pooled; case ids
+            get the folder's name as a prefix); data_weights: the share of samples drawn from
+            each folder (default: every lesion equally often); val_data: a separate validation
+            folder (then every --data case trains and val_fraction / val_cases are ignored).
     Sampling:
         labels: label values that are targets (None: all non-zero); lesion_unit "component" or
         "label"; min_lesion_voxels; jitter_mm (crop centre shift, uniform per axis); flip;
         intensity_aug; modality ("auto", "CT", "MR").
+    Provenance:
+        recipe: the named recipe (``training/recipes.py``) the options started from, if any;
+            explicit options override it.
     Model:
         model_overrides: ModelConfig fields changed on the initial architecture (tests use a
             64^3 crop); stored in the checkpoints' config.
@@ -59,8 +82,10 @@ class TrainConfig:
         val_clicks, val_max_lesions.
     """
 
-    data: str = ""
+    data: str | tuple[str, ...] = ""
     out: str = ""
+    data_weights: tuple[float, ...] | None = None
+    val_data: str | None = None
     mode: str = "sgp"
     init: str | None = None
     preset: str | None = None
@@ -80,6 +105,11 @@ class TrainConfig:
     click_iters: int | None = None
     random_insert: bool = True
     prompt_mode: str = "latest"
+    rollout: bool = False
+    click_mode: str = "uniform"
+    coarse_weight: float = 0.5
+    interior_power: float = 0.0
+    jitter_fraction: float = 1.0
     labels: tuple[int, ...] | None = None
     lesion_unit: str = "component"
     min_lesion_voxels: int = 8
@@ -99,9 +129,16 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = False
     command: str = ""
+    recipe: str | None = None
     model_overrides: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, (list, tuple)):
+            self.data = tuple(str(v) for v in self.data)
+            if len(self.data) == 1:
+                self.data = self.data[0]
+        if self.data_weights is not None:
+            self.data_weights = tuple(float(v) for v in self.data_weights)
         if self.labels is not None:
             self.labels = tuple(int(v) for v in self.labels)
         if self.val_cases is not None:
@@ -115,6 +152,7 @@ class TrainConfig:
             return SGPSAMError(f"--{flag}: expected {expected}, got {value!r}")
 
         choices = (("mode", MODES), ("loss", (None, "zoom", "dicece")),
+                   ("click-mode", CLICK_MODES),
                    ("gate-mode", (None, *GATE_MODES)), ("amp", AMP_MODES),
                    ("prompt-mode", PROMPT_MODES), ("lesion-unit", ("component", "label")),
                    ("modality", ("auto", "CT", "MR")))
@@ -150,6 +188,25 @@ class TrainConfig:
             raise bad("lr", "a number > 0", self.lr)
         if not 0.0 <= self.val_fraction < 1.0:
             raise bad("val-fraction", "a number in [0, 1)", self.val_fraction)
+        folders = self.data_folders
+        if self.data_weights is not None:
+            if len(self.data_weights) != len(folders) or not all(
+                    math.isfinite(w) and w > 0 for w in self.data_weights):
+                raise bad("data-weights", f"{len(folders)} positive numbers (one per --data "
+                          "folder)", self.data_weights)
+        if not 0.0 <= self.jitter_fraction <= 1.0:
+            raise bad("jitter-fraction", "a number in [0, 1]", self.jitter_fraction)
+        for flag in ("coarse_weight", "interior_power"):
+            value = getattr(self, flag)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise bad(flag.replace("_", "-"), "a number >= 0", value)
+
+    @property
+    def data_folders(self) -> tuple[str, ...]:
+        """The training folders (``data`` is one folder or several)."""
+        if isinstance(self.data, tuple):
+            return self.data
+        return (self.data,) if self.data else ()
 
     @property
     def loss_name(self) -> str:
@@ -159,9 +216,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (and ``torch.load(weights_only=True)``-able) plain builtins."""
         out = dataclasses.asdict(self)
-        for key in ("labels", "val_cases"):
+        for key in ("labels", "val_cases", "data_weights"):
             if out[key] is not None:
                 out[key] = list(out[key])
+        if isinstance(out["data"], tuple):
+            out["data"] = list(out["data"])
         if out["model_overrides"] is not None:
             out["model_overrides"] = {k: list(v) if isinstance(v, tuple) else v
                                       for k, v in out["model_overrides"].items()}
@@ -180,6 +239,13 @@ class TrainConfig:
         """Build from ``sgpsam train``'s parsed arguments (attributes absent keep defaults)."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+        if values.get("recipe"):
+            from .recipes import RECIPES
+
+            if values["recipe"] not in RECIPES:
+                raise SGPSAMError(f"--recipe: expected one of {sorted(RECIPES)}, got "
+                                  f"{values['recipe']!r}")
+            values = {**RECIPES[values["recipe"]], **values}
         for key in ("labels", "val_cases"):
             if isinstance(values.get(key), str):
                 values[key] = _split_list(values[key], key, int if key == "labels" else str)

@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..click_robot import distance_inside
 from ..geometry import array_index_to_ijk
 from ..region import Region, normalize_crop, sample_region
+from .clicks import interior_weights
 from .data import LoadedCase
 
 __all__ = ["CropSample", "sample_crop", "CropDataset", "SampleStream", "sample_seed"]
@@ -86,21 +88,30 @@ def _augment_intensity(image: np.ndarray, seed: int) -> np.ndarray:
 
 def sample_crop(case: LoadedCase, lesion: int, seed: int, size: int = 128,
                 spacing_mm: float = 1.5, jitter_voxels: float = 8.0, flip: bool = True,
-                augment: bool = True, voxel: int | None = None) -> CropSample:
+                augment: bool = True, voxel: int | None = None,
+                weights: np.ndarray | None = None, jitter_fraction: float = 1.0) -> CropSample:
     """A crop of ``case`` around lesion number ``lesion`` (1-based), all randomness from ``seed``.
 
     Args:
         voxel: flat (K, J, I) index of the voxel to centre on (validation); default: a random
             voxel of the lesion.
+        weights: probabilities of the lesion's voxels (in ``flat_indices`` order) for that
+            random choice; None = uniform.
         jitter_voxels: the centre moves by a uniform random shift in [-j, j] crop voxels per axis.
+        jitter_fraction: share of the crops that get that shift; the others are centred on the
+            first click exactly, as the session centres a new region on the user's click.
     """
     rng = np.random.default_rng(sample_seed(seed, 0))
     info = case.lesions[lesion - 1]
     if voxel is None:
-        voxel = int(info.flat_indices[rng.integers(info.flat_indices.size)])
+        pick = (rng.integers(info.flat_indices.size) if weights is None
+                else rng.choice(info.flat_indices.size, p=weights))
+        voxel = int(info.flat_indices[pick])
     kji = np.array(np.unravel_index(voxel, case.volume.array.shape), dtype=np.float64)
     ras = case.volume.ijk_to_ras_points(array_index_to_ijk(kji))
     jitter = rng.uniform(-jitter_voxels, jitter_voxels, 3) if jitter_voxels > 0 else np.zeros(3)
+    if jitter_fraction < 1.0 and rng.random() >= jitter_fraction:
+        jitter = np.zeros(3)
     region = Region(tuple(ras + jitter * spacing_mm), size, spacing_mm)
     image = normalize_crop(sample_region(case.volume, region, order=1), case.modality)
     ids = sample_region(case.lesion_volume, region, order=0)
@@ -125,7 +136,8 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, cases: Sequence[LoadedCase], size: int = 128, spacing_mm: float = 1.5,
-                 jitter_voxels: float = 8.0, flip: bool = True, augment: bool = True) -> None:
+                 jitter_voxels: float = 8.0, flip: bool = True, augment: bool = True,
+                 interior_power: float = 0.0, jitter_fraction: float = 1.0) -> None:
         self.cases = list(cases)
         self.items = [(c, lesion.index) for c, case in enumerate(self.cases)
                       for lesion in case.lesions]
@@ -134,15 +146,33 @@ class CropDataset(Dataset):
         self.jitter_voxels = jitter_voxels
         self.flip = flip
         self.augment = augment
+        self.interior_power = float(interior_power)
+        self.jitter_fraction = float(jitter_fraction)
+        self._weights: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def click_weights(self, item: int) -> np.ndarray | None:
+        """First-click probabilities over an item's lesion voxels (None: uniform); cached."""
+        if self.interior_power <= 0:
+            return None
+        if item not in self._weights:
+            case_index, lesion = self.items[item]
+            case = self.cases[case_index]
+            info = case.lesions[lesion - 1]
+            mask = case.lesion_volume.array == info.index
+            depth = distance_inside(mask, case.volume.spacing).reshape(-1)[info.flat_indices]
+            self._weights[item] = interior_weights(depth, self.interior_power)
+        return self._weights[item]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         item, seed = key
         case_index, lesion = self.items[item]
         sample = sample_crop(self.cases[case_index], lesion, seed, self.size, self.spacing_mm,
-                             self.jitter_voxels, self.flip, self.augment)
+                             self.jitter_voxels, self.flip, self.augment,
+                             weights=self.click_weights(item),
+                             jitter_fraction=self.jitter_fraction)
         return {
             "image": torch.from_numpy(sample.image)[None],
             "label": torch.from_numpy(sample.label)[None],
@@ -154,28 +184,35 @@ class CropDataset(Dataset):
 class SampleStream(Sampler):
     """This rank's endless stream of ``(item, seed)`` keys, from position ``start`` on.
 
-    Epoch ``e`` is a permutation of all items seeded by (seed, e), padded to a multiple of
+    Epoch ``e`` is a permutation of all items seeded by (seed, e) (or, with ``weights``, as
+    many draws with replacement in proportion to them), padded to a multiple of
     ``world`` with its own head and dealt round-robin to the ranks (as ``DistributedSampler``).
     Position ``p`` of a rank is epoch ``p // per_rank``, and its sample seed depends on the
     global position only, so the stream does not depend on workers or restarts.
     """
 
     def __init__(self, n_items: int, seed: int, world: int = 1, rank: int = 0, start: int = 0,
-                 count: int | None = None) -> None:
+                 count: int | None = None, weights: np.ndarray | None = None) -> None:
         if n_items <= 0:
             raise ValueError("SampleStream needs at least one item")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside world size {world}")
         self.n_items, self.seed, self.world, self.rank = n_items, seed, world, rank
         self.start, self.count = start, count
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        if self.weights is not None and self.weights.shape != (n_items,):
+            raise ValueError(f"SampleStream weights must have {n_items} entries")
         self.total = -(-n_items // world) * world
         self.per_rank = self.total // world
         self._epoch_cache: tuple[int, np.ndarray] | None = None
 
     def _epoch(self, epoch: int) -> np.ndarray:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            perm = np.random.default_rng(sample_seed(self.seed, 2, epoch)).permutation(
-                self.n_items)
+            rng = np.random.default_rng(sample_seed(self.seed, 2, epoch))
+            if self.weights is None:
+                perm = rng.permutation(self.n_items)
+            else:  # an "epoch" of n draws with replacement, in proportion to the weights
+                perm = rng.choice(self.n_items, size=self.n_items, p=self.weights)
             if self.total > self.n_items:
                 perm = np.concatenate([perm, perm[: self.total - self.n_items]])
             self._epoch_cache = (epoch, perm)

@@ -50,9 +50,9 @@ from ..errors import CheckpointError, SGPSAMError
 from ..io import atomic_write
 from ..losses import make_loss
 from ..modeling import SGPSAMModel
-from .clicks import error_clicks
+from .clicks import corrective_clicks
 from .config import RESUME_OVERRIDABLE, TrainConfig
-from .data import LoadedCase, find_cases, load_case, split_cases
+from .data import CaseFiles, LoadedCase, find_cases, load_case, split_cases
 from .sampling import CropDataset, SampleStream, sample_seed
 from .validation import validate, validation_targets
 
@@ -169,17 +169,37 @@ def trainable_parameter_names(model: nn.Module, mode: str) -> list[str]:
 # The interactive loss (a module so DistributedDataParallel can wrap the whole interaction).
 
 class InteractiveLoss(nn.Module):
-    """Embedding once, ``click_iters`` decoder iterations with simulated clicks, summed loss."""
+    """Embedding once, several interaction rounds with simulated clicks, summed loss.
+
+    Two schedules:
+
+    - SAM-Med3D's (``rollout=False``): ``click_iters`` rounds, every one with a loss, the
+      previous logits fed back without detaching (gradients flow through all rounds); with
+      ``random_insert`` one random middle round and the last get no point.
+    - RITM's (``rollout=True``, Sofiiuk et al. 2021): the first round is trained, then a random
+      number (0 .. click_iters - 2) of rounds is played by the model itself without gradient,
+      then one more round is trained. The model learns to correct its *own* mistakes from the
+      clicks they provoke, at the cost of two trained rounds instead of ``click_iters``.
+
+    With a refinement head, the loss is the model's full-resolution answer plus
+    ``coarse_weight`` times the decoder's own low-res answer (deep supervision), and the head
+    sees every click of the crop so far while the decoder sees the newest (``latest``).
+    """
 
     def __init__(self, model: SGPSAMModel, loss: nn.Module, click_iters: int,
                  random_insert: bool = True, prompt_mode: str = "latest",
-                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 rollout: bool = False, click_mode: str = "uniform",
+                 coarse_weight: float = 0.5) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
         self.click_iters = click_iters
-        self.random_insert = random_insert
+        self.random_insert = random_insert and not rollout
         self.prompt_mode = prompt_mode
+        self.rollout = rollout
+        self.click_mode = click_mode
+        self.coarse_weight = float(coarse_weight)
         self._autocast = autocast or contextlib.nullcontext
 
     def no_point_iterations(self, rng: np.random.Generator) -> set[int]:
@@ -189,28 +209,51 @@ class InteractiveLoss(nn.Module):
             return set()
         return {int(rng.integers(2, max(3, n - 2))), n - 1}
 
+    def schedule(self, rng: np.random.Generator) -> tuple[int, set[int]]:
+        """(rounds to play, rounds with a loss) for one micro-batch."""
+        n = self.click_iters
+        if not self.rollout or n < 2:
+            return n, set(range(n))
+        played = int(rng.integers(0, n - 1))  # rounds without gradient between the two
+        return played + 2, {0, played + 1}
+
+    def _round_loss(self, logits: torch.Tensor, low: torch.Tensor, target: torch.Tensor
+                    ) -> torch.Tensor:
+        size = target.shape[-1]
+
+        def full(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-1] == size:
+                return x.float()
+            return F.interpolate(x.float(), size=(size,) * 3, mode="trilinear",
+                                 align_corners=False)
+
+        value = self.loss(full(logits), target)
+        if low is not logits and self.coarse_weight > 0:
+            value = value + self.coarse_weight * self.loss(full(low), target)
+        return value
+
     def forward(self, image: torch.Tensor, label: torch.Tensor, point: torch.Tensor,
                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (loss summed over iterations, per-iteration losses (click_iters,) detached)."""
+        """-> (loss summed over trained rounds, per-round losses (trained rounds,) detached)."""
         model = self.model
         size = image.shape[-1]
-        low_size = model.low_res_size
         generator = torch.Generator().manual_seed(sample_seed(seed, 0))
-        skip = self.no_point_iterations(np.random.default_rng(sample_seed(seed, 1)))
+        rng = np.random.default_rng(sample_seed(seed, 1))
+        skip = self.no_point_iterations(rng)
+        rounds, trained = self.schedule(rng)
         truth = label.bool()
         target = label.float()
         with self._autocast():
             embedding = model.encode(image)
-        low = image.new_zeros((image.shape[0], 1, low_size, low_size, low_size))
         points = point[:, None, :].float()
         labels = torch.ones((image.shape[0], 1), dtype=torch.long, device=image.device)
         all_points, all_labels = points, labels
         total = image.new_zeros((), dtype=torch.float32)
         parts = []
-        predicted = None
-        for it in range(self.click_iters):
+        previous = predicted = None
+        for it in range(rounds):
             if it > 0:
-                points, labels = error_clicks(truth, predicted, generator)
+                points, labels = corrective_clicks(truth, predicted, generator, self.click_mode)
                 all_points = torch.cat([all_points, points], dim=1)
                 all_labels = torch.cat([all_labels, labels], dim=1)
             if it in skip:
@@ -219,14 +262,19 @@ class InteractiveLoss(nn.Module):
                 use_points, use_labels = all_points, all_labels
             else:
                 use_points, use_labels = points, labels
-            with self._autocast():
-                low = model.decode(embedding, use_points, use_labels, low)
-            up = F.interpolate(low.float(), size=(size,) * 3, mode="trilinear",
-                               align_corners=False)
-            value = self.loss(up, target)
-            total = total + value
-            parts.append(value.detach())
-            predicted = up.detach() > 0
+            with torch.set_grad_enabled(it in trained and torch.is_grad_enabled()), \
+                    self._autocast():
+                logits, low = model.predict(embedding, image, use_points, use_labels, previous,
+                                            all_points, all_labels)
+            if it in trained:
+                value = self._round_loss(logits, low, target)
+                total = total + value
+                parts.append(value.detach())
+            previous = logits.detach() if self.rollout else logits
+            up = previous.detach().float()
+            if up.shape[-1] != size:
+                up = F.interpolate(up, size=(size,) * 3, mode="trilinear", align_corners=False)
+            predicted = up > 0
         return total, torch.stack(parts)
 
 
@@ -392,28 +440,63 @@ class _Run:
 
     def _load_data(self) -> None:
         config = self.config
-        files = find_cases(config.data)
-        train_ids, val_ids = split_cases([f.case_id for f in files], config.val_fraction,
-                                         config.seed, config.val_cases)
-        by_id = {f.case_id: f for f in files}
+        folders = config.data_folders
         kwargs = dict(labels=config.labels, lesion_unit=config.lesion_unit,
                       min_lesion_voxels=config.min_lesion_voxels, modality=config.modality)
+        by_id: dict[str, CaseFiles] = {}
+        origin: dict[str, int] = {}
+        for index, folder in enumerate(folders):
+            for files in find_cases(folder):
+                case_id = files.case_id if len(folders) == 1 else \
+                    f"{Path(folder).name}/{files.case_id}"
+                if case_id in by_id:
+                    raise SGPSAMError(f"--data: case id {case_id!r} appears twice; give the "
+                                      "folders distinct names")
+                by_id[case_id] = CaseFiles(files.image, files.label, case_id)
+                origin[case_id] = index
+        if config.val_data:
+            train_ids = sorted(by_id)
+            val_files = find_cases(config.val_data)
+            val_ids = [f.case_id for f in val_files]
+            val_by_id = {f.case_id: f for f in val_files}
+        else:
+            train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.seed,
+                                             config.val_cases)
+            val_by_id = by_id
         self.train_cases: list[LoadedCase] = [load_case(by_id[i], **kwargs) for i in train_ids]
-        self.val_cases: list[LoadedCase] = ([load_case(by_id[i], **kwargs) for i in val_ids]
+        self.val_cases: list[LoadedCase] = ([load_case(val_by_id[i], **kwargs) for i in val_ids]
                                             if self.dist.rank == 0 else [])
+        self.train_origin = [origin[i] for i in train_ids]
         n_train = sum(len(c.lesions) for c in self.train_cases)
         if n_train == 0:
             wanted = "any non-zero label" if config.labels is None else f"labels {config.labels}"
-            raise SGPSAMError(f"--data {config.data}: no lesion ({wanted}, at least "
+            raise SGPSAMError(f"--data {', '.join(folders)}: no lesion ({wanted}, at least "
                               f"{config.min_lesion_voxels} voxels) in the {len(train_ids)} "
                               "training cases")
         self.data_summary = {
-            "folder": str(config.data), "train_cases": train_ids, "val_cases": val_ids,
+            "folder": folders[0] if len(folders) == 1 else list(folders),
+            "train_cases": train_ids, "val_cases": val_ids,
+            "val_folder": config.val_data,
             "train_lesions": n_train,
             "val_lesions": sum(len(c.lesions) for c in self.val_cases),
             "labels": None if config.labels is None else list(config.labels),
             "lesion_unit": config.lesion_unit,
         }
+
+    def _item_weights(self, dataset: CropDataset) -> np.ndarray | None:
+        """Per-item sampling probabilities from ``data_weights`` (None: every lesion alike)."""
+        weights = self.config.data_weights
+        if weights is None:
+            return None
+        folder_of = np.array([self.train_origin[c] for c, _ in dataset.items])
+        counts = np.bincount(folder_of, minlength=len(weights))
+        share = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        missing = [self.config.data_folders[i] for i in range(len(weights))
+                   if counts[i] == 0 and share[i] > 0]
+        if missing:
+            raise SGPSAMError(f"--data-weights: no training lesion in {', '.join(missing)}")
+        per_item = share[folder_of] / counts[folder_of]
+        return per_item / per_item.sum()
 
     def _device(self) -> torch.device:
         from ..devices import resolve_device
@@ -544,8 +627,11 @@ class _Run:
         dataset = CropDataset(self.train_cases, size=model.config.image_size,
                               spacing_mm=model.config.crop_spacing_mm,
                               jitter_voxels=config.jitter_mm / model.config.crop_spacing_mm,
-                              flip=config.flip, augment=config.intensity_aug)
+                              flip=config.flip, augment=config.intensity_aug,
+                              interior_power=config.interior_power,
+                              jitter_fraction=config.jitter_fraction)
         self.per_step = config.batch_size * config.accum
+        item_weights = self._item_weights(dataset)
         probe = SampleStream(len(dataset), config.seed, dist_info.world, dist_info.rank)
         if config.steps is not None:
             total = config.steps
@@ -581,7 +667,9 @@ class _Run:
 
         loss_fn = make_loss(config.loss_name)
         interaction = InteractiveLoss(model, loss_fn, click_iters, config.random_insert,
-                                      config.prompt_mode, autocast)
+                                      config.prompt_mode, autocast, rollout=config.rollout,
+                                      click_mode=config.click_mode,
+                                      coarse_weight=config.coarse_weight)
         if dist_info.active:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -593,7 +681,8 @@ class _Run:
 
         self.stream = SampleStream(len(dataset), config.seed, dist_info.world, dist_info.rank,
                                    start=start_step * self.per_step,
-                                   count=max(0, total - start_step) * self.per_step)
+                                   count=max(0, total - start_step) * self.per_step,
+                                   weights=item_weights)
         workers = config.num_workers
         if workers is None:
             workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if self.device.type == "cuda" \
@@ -764,7 +853,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, stop: StopFla
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not config.data or not config.out:
+    if not config.data_folders or not config.out:
         raise SGPSAMError("--data and --out are required")
     if not config.command:
         config = config.replace(command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))

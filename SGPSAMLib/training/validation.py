@@ -2,9 +2,10 @@
 
 Per validation lesion the first click is the lesion voxel nearest its centroid (a user clicks
 the middle of what they see); the region is centred on it exactly (no jitter, no flips, no
-augmentation), as the session does. Later clicks come from the error region (seeded per
-lesion, so every validation sees the same clicks). Dice is computed in the crop between the
-upsampled prediction (logit > 0) and the crop's lesion label.
+augmentation), as the session does. Later clicks are the evaluation robot's (the interior of the
+largest error region, :mod:`SGPSAMLib.click_robot`), so every validation sees the same clicks
+and validation ranks checkpoints the way ``sgpsam evaluate`` would. Dice is computed in the crop
+between the prediction upsampled to the crop (logit > 0) and the crop's lesion label.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .clicks import error_clicks
+from .clicks import center_clicks
 from .data import LoadedCase
 from .sampling import sample_crop, sample_seed
 
@@ -78,7 +79,6 @@ def validate(model: torch.nn.Module, cases: Sequence[LoadedCase],
     model.eval()
     device = model.device
     size = model.config.image_size
-    low_size = model.low_res_size
     per_click = np.zeros((len(targets), clicks))
     try:
         for t, target in enumerate(targets):
@@ -91,21 +91,24 @@ def validate(model: torch.nn.Module, cases: Sequence[LoadedCase],
             generator = torch.Generator().manual_seed(sample_seed(seed, 7, t))
             with autocast or contextlib.nullcontext():
                 embedding = model.encode(image)
-            low = torch.zeros((1, 1, low_size, low_size, low_size), device=device)
+            previous = None
             points = torch.from_numpy(sample.point)[None, None].to(device)
             labels = torch.ones((1, 1), dtype=torch.long, device=device)
             all_points, all_labels = points, labels
             predicted = torch.zeros_like(truth)
             for click in range(clicks):
                 if click > 0:
-                    points, labels = error_clicks(truth, predicted, generator)
+                    points, labels = center_clicks(truth, predicted, generator)
                     all_points = torch.cat([all_points, points], dim=1)
                     all_labels = torch.cat([all_labels, labels], dim=1)
                 use_points, use_labels = ((all_points, all_labels) if prompt_mode == "cumulative"
                                           else (points, labels))
                 with autocast or contextlib.nullcontext():
-                    low = model.decode(embedding, use_points, use_labels, low).float()
-                up = F.interpolate(low, size=(size,) * 3, mode="trilinear", align_corners=False)
+                    previous, _ = model.predict(embedding, image, use_points, use_labels,
+                                                previous, all_points, all_labels)
+                previous = previous.float()
+                up = previous if previous.shape[-1] == size else F.interpolate(
+                    previous, size=(size,) * 3, mode="trilinear", align_corners=False)
                 predicted = up > 0
                 per_click[t, click] = _dice(predicted, truth)
     finally:

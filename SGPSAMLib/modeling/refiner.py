@@ -1,0 +1,192 @@
+"""Full-resolution refinement head: image-guided upsampling of the decoder's coarse logits.
+
+Why: SAM-Med3D's mask decoder answers at a quarter of the crop's resolution (6 mm cells for its
+128^3 crop, 3 mm for the demo's 64^3) and sees a click only as one sparse token. A 5-10 mm
+lesion is then one or two cells, and a corrective click far from the token grid's structure is
+easily ignored. Interactive systems that follow clicks well (nnInteractive, DeepGrow, RITM,
+PRISM's refine net) give the clicks and the previous mask to a convolutional network as
+full-resolution input channels. This head does that on top of the SAM path:
+
+    logits = upsample(coarse) + head(image, upsample(coarse), +clicks, -clicks, previous mask,
+                                     image embedding)
+
+at the crop's own resolution. It is a small U-Net run on a space-to-depth view of the crop
+(every 2x2x2 block of voxels becomes 8 channels of one cell, a lossless rearrangement), so its
+convolutions work at half the crop's resolution where they are cheap on a CPU, and its output
+is rearranged back to full resolution the same way. The output convolution is zero-initialised:
+an untrained head returns the upsampled coarse logits unchanged. Models without it (the
+SAM-Med3D presets) have no such parameters at all, so official checkpoints stay exact.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MaskRefiner3D", "render_click_maps", "space_to_depth", "depth_to_space"]
+
+#: Input channels at full resolution: image, coarse probability, +clicks, -clicks, previous.
+_INPUTS = 5
+
+
+def space_to_depth(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """(B, C, D, H, W) -> (B, C * f^3, D / f, H / f, W / f); each f^3 block becomes channels."""
+    b, c, d, h, w = x.shape
+    f = factor
+    x = x.reshape(b, c, d // f, f, h // f, f, w // f, f)
+    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * f ** 3, d // f, h // f, w // f)
+
+
+def depth_to_space(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Inverse of :func:`space_to_depth`."""
+    b, c, d, h, w = x.shape
+    f = factor
+    x = x.reshape(b, c // f ** 3, f, f, f, d, h, w)
+    return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, c // f ** 3, d * f, h * f, w * f)
+
+
+def render_click_maps(points: torch.Tensor | None, labels: torch.Tensor | None, size: int,
+                      sigma: float) -> torch.Tensor:
+    """Positive and negative click maps (B, 2, S, S, S): a Gaussian bump of peak 1 per click.
+
+    Args:
+        points: (B, N, 3) crop voxel indices in tensor-axis order (as the decoder takes them),
+            or None for no clicks.
+        labels: (B, N) 1 positive, 0 negative, -1 padding (ignored).
+        size: crop side S.
+        sigma: Gaussian standard deviation in crop voxels.
+
+    Overlapping bumps of one sign are combined by their maximum. Separable: three 1-D Gaussians
+    per click and one outer product, so N clicks cost N * S^3 multiplications.
+    """
+    if points is None or points.shape[1] == 0:
+        batch = 1 if points is None else points.shape[0]
+        device = None if points is None else points.device
+        return torch.zeros((batch, 2, size, size, size), device=device)
+    axis = torch.arange(size, device=points.device, dtype=torch.float32)
+    offsets = axis[None, None, None, :] - points.float()[..., None]  # (B, N, 3, S)
+    g = torch.exp(-0.5 * (offsets / float(sigma)) ** 2)
+    bumps = (g[:, :, 0, :, None, None] * g[:, :, 1, None, :, None]
+             * g[:, :, 2, None, None, :])  # (B, N, S, S, S)
+    maps = []
+    for sign in (1, 0):
+        chosen = (labels == sign).to(bumps.dtype)[..., None, None, None]
+        maps.append((bumps * chosen).amax(dim=1) if bumps.shape[1] else bumps.sum(dim=1))
+    return torch.stack(maps, dim=1)
+
+
+def _groups(channels: int) -> int:
+    for groups in (8, 4, 2):
+        if channels % groups == 0 and channels // groups >= 2:
+            return groups
+    return 1
+
+
+class _ResBlock(nn.Module):
+    """conv-GN-GELU-conv-GN + identity, GELU. GroupNorm: the same in training and inference,
+    whatever the batch size (a session segments one crop at a time)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(_groups(channels), channels)
+        self.conv2 = nn.Conv3d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(_groups(channels), channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.norm1(self.conv1(x)))
+        return F.gelu(x + self.norm2(self.conv2(y)))
+
+
+class _Stage(nn.Module):
+    """Projection to ``channels`` + a residual block. The first level projects with a 1x1
+    convolution (its input is the space-to-depth crop, 40 channels per cell: a 3x3x3 there
+    would cost as much as the rest of the head); deeper levels with a strided 3x3x3."""
+
+    def __init__(self, in_channels: int, channels: int, first: bool) -> None:
+        super().__init__()
+        self.proj = (nn.Conv3d(in_channels, channels, 1, bias=False) if first else
+                     nn.Conv3d(in_channels, channels, 3, stride=2, padding=1, bias=False))
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.block = _ResBlock(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(F.gelu(self.norm(self.proj(x))))
+
+
+class _Merge(nn.Module):
+    """Decoder step: a coarser level upsampled onto a skip, added, then one 3x3x3 convolution."""
+
+    def __init__(self, coarse: int, channels: int) -> None:
+        super().__init__()
+        self.lateral = nn.Conv3d(coarse, channels, 1)
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1, bias=False)
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.lateral(x), size=tuple(skip.shape[2:]), mode="trilinear",
+                          align_corners=False)
+        return F.gelu(self.norm(self.conv(x + skip)))
+
+
+class MaskRefiner3D(nn.Module):
+    """A U-Net on the space-to-depth crop; adds a learned full-resolution correction.
+
+    Args:
+        image_size: crop side S (divisible by 2 ** len(channels)).
+        channels: widths of the levels at S/2, S/4, ... (e.g. (16, 32, 64)).
+        embed_dim: channels of the image embedding, fused at the deepest level.
+        click_sigma: click bump standard deviation in crop voxels.
+    """
+
+    def __init__(self, image_size: int, channels: tuple[int, ...], embed_dim: int,
+                 click_sigma: float) -> None:
+        super().__init__()
+        if not channels:
+            raise ValueError("MaskRefiner3D needs at least one level")
+        self.image_size = int(image_size)
+        self.click_sigma = float(click_sigma)
+        self.down = nn.ModuleList()
+        previous = _INPUTS * 8
+        for level, width in enumerate(channels):
+            self.down.append(_Stage(previous, width, first=level == 0))
+            previous = width
+        self.context = nn.Conv3d(embed_dim, channels[-1], 1)
+        self.up = nn.ModuleList(_Merge(channels[i + 1], channels[i])
+                                for i in range(len(channels) - 1))
+        self.head = nn.Conv3d(channels[0], 8, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, image: torch.Tensor, coarse: torch.Tensor, click_maps: torch.Tensor,
+                previous: torch.Tensor | None, embedding: torch.Tensor) -> torch.Tensor:
+        """Refined logits (B, 1, S, S, S).
+
+        Args:
+            image: (B, 1, S, S, S) normalised crop.
+            coarse: (B, 1, L, L, L) decoder logits (any L dividing S).
+            click_maps: (B, 2, S, S, S) from :func:`render_click_maps`.
+            previous: (B, 1, S, S, S) the previous refined logits; None before the first
+                prediction (the channel is then 0: "nothing segmented yet").
+            embedding: (B or 1, C, g, g, g) image embedding.
+        """
+        size = self.image_size
+        up = F.interpolate(coarse.float(), size=(size,) * 3, mode="trilinear",
+                           align_corners=False)
+        prior = torch.zeros_like(up) if previous is None else torch.sigmoid(previous.float())
+        x = torch.cat([image.float(), torch.sigmoid(up), click_maps.float(), prior], dim=1)
+        x = space_to_depth(x)
+        skips = []
+        for stage in self.down:
+            x = stage(x)
+            skips.append(x)
+        context = embedding.float()
+        if context.shape[0] != x.shape[0]:
+            context = context.expand(x.shape[0], -1, -1, -1, -1)
+        if tuple(context.shape[2:]) != tuple(x.shape[2:]):
+            context = F.interpolate(context, size=tuple(x.shape[2:]), mode="trilinear",
+                                    align_corners=False)
+        x = x + self.context(context)
+        for i in reversed(range(len(self.up))):
+            x = self.up[i](x, skips[i])
+        return up + depth_to_space(self.head(x))
