@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from SGPSAMLib import batch as batch_module
-from SGPSAMLib import build, cli_batch
+from SGPSAMLib import build
+from SGPSAMLib.cli import batch as cli_batch
 from SGPSAMLib.batch import (
     SUMMARY_COLUMNS,
     BatchConfig,

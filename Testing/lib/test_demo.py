@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from SGPSAMLib import cli_demo
+from SGPSAMLib.cli import demo as cli_demo
 from SGPSAMLib.build import build_model, save_checkpoint
 from SGPSAMLib.cli import main
 from SGPSAMLib.geometry import Volume

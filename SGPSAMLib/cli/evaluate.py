@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import SGPSAMError
+from ..errors import SGPSAMError
 
 __all__ = ["register"]
 
@@ -98,7 +98,7 @@ def _check_out(path: str | None, flag: str) -> Path | None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
+    from ..evaluation import evaluate
 
     if args.clicks < 1:
         raise SGPSAMError(f"--clicks {args.clicks}: expected an integer >= 1")
@@ -136,7 +136,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json_progress:
         return 0
     if args.json:
-        from .evaluation import json_safe
+        from ..evaluation import json_safe
 
         print(json.dumps(json_safe({**summary, "out_json": args.out_json,
                                      "out_csv": args.out_csv})))

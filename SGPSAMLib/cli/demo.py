@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SGPSAMError
+from ..errors import SGPSAMError
 
 __all__ = ["register", "run_demo", "shared_data_root", "load_shared_case"]
 
@@ -39,7 +39,7 @@ DEMO_FILES = ("demo_mask.nii.gz", "demo_overlay.png", "demo_result.json")
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``demo`` sub-command."""
-    from .synthetic import DEMO_SEED_BASE
+    from ..synthetic import DEMO_SEED_BASE
 
     parser = commands.add_parser(
         "demo", parents=[common], help="segment a sample lesion and show Dice, timings, overlay",
@@ -78,15 +78,15 @@ def shared_data_root() -> Path:
     env = os.environ.get("SGPSAM_SHARED_DATA", "").strip()
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def load_shared_case(case_id: str, root: Path | None = None, max_lesions: int = 1
                      ) -> tuple[Any, np.ndarray, str]:
     """(volume, lesion labels (K, J, I) uint8: the ``max_lesions`` largest connected components
     of the manifest's default target, largest = 1), modality) of a shared-data case."""
-    from .evaluation import connected_components
-    from .io import read_volume
+    from ..evaluation import connected_components
+    from ..io import read_volume
 
     root = shared_data_root() if root is None else Path(root)
     manifest = root / "manifest.json"
@@ -120,8 +120,8 @@ def load_shared_case(case_id: str, root: Path | None = None, max_lesions: int = 
 
 def _load_model(spec: str, device: Any) -> tuple[Any, str]:
     """(model, checkpoint path); a known name (demo, ...) or a file."""
-    from .build import load_model
-    from .models import resolve_model
+    from ..build import load_model
+    from ..models import resolve_model
 
     path = Path(spec) if Path(spec).is_file() else resolve_model(spec)
     return load_model(path, device=device), str(path)
@@ -131,12 +131,12 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
              case: str = "synthetic", clicks: int = 3, device: str = "auto", lesions: int = 1,
              modality: str = "random", max_windows: int = 8) -> dict[str, Any]:
     """Run the demo and write its files; returns the JSON-able result record."""
-    from .devices import resolve_device
-    from .evaluation import simulate_lesion
-    from .io import write_labelmap, write_volume
-    from .overlay import render_overlay, write_png
-    from .session import InteractiveSession
-    from .synthetic import DEMO_SEED_BASE, make_case
+    from ..devices import resolve_device
+    from ..evaluation import simulate_lesion
+    from ..io import write_labelmap, write_volume
+    from ..overlay import render_overlay, write_png
+    from ..session import InteractiveSession
+    from ..synthetic import DEMO_SEED_BASE, make_case
 
     if clicks < 1:
         raise SGPSAMError(f"--clicks {clicks}: expected an integer >= 1")
@@ -222,8 +222,8 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
                     "total_s": time.perf_counter() - start},
         "files": files,
     }
-    from .evaluation import json_safe
-    from .io import atomic_write
+    from ..evaluation import json_safe
+    from ..io import atomic_write
 
     files["result"] = str(out_dir / "demo_result.json")
     with atomic_write(out_dir / "demo_result.json") as tmp:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import models
-from .download import ConsentRequired, download_model
-from .errors import CheckpointError
+from .. import models
+from ..download import ConsentRequired, download_model
+from ..errors import CheckpointError
 
 __all__ = ["register"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import SGPSAMError
+from ..errors import SGPSAMError
 
 __all__ = ["register"]
 
@@ -180,7 +180,7 @@ class _Bar:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from .batch import BatchConfig, parse_shard, run_batch
+    from ..batch import BatchConfig, parse_shard, run_batch
 
     shard = parse_shard(args.shard) if args.shard else None
     if args.max_windows < 1:

@@ -109,7 +109,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 def _resolve_init(spec: str) -> str:
     if Path(spec).is_file():
         return spec
-    from . import models
+    from .. import models
 
     return str(models.resolve_model(spec))
 
@@ -150,8 +150,8 @@ def _printer(json_progress: bool):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .errors import SGPSAMError
-    from .training import TrainConfig, train
+    from ..errors import SGPSAMError
+    from ..training import TrainConfig, train
 
     emit, close = _printer(args.json_progress)
     try:

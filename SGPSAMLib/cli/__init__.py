@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 import numpy as np
 
-from . import __version__
-from .build import describe_checkpoint, load_model
-from .devices import resolve_device
-from .errors import CheckpointError, PromptError, SGPSAMError, VolumeIOError
-from .geometry import Volume, lps_to_ras
-from .io import WRITE_SUFFIXES, read_volume, write_labelmap
-from .region import volume_ras_bounds
-from .session import InteractiveSession
+from .. import __version__
+from ..build import describe_checkpoint, load_model
+from ..devices import resolve_device
+from ..errors import CheckpointError, PromptError, SGPSAMError, VolumeIOError
+from ..geometry import Volume, lps_to_ras
+from ..io import WRITE_SUFFIXES, read_volume, write_labelmap
+from ..region import volume_ras_bounds
+from ..session import InteractiveSession
 
 if TYPE_CHECKING:
     import torch
@@ -48,8 +48,7 @@ EXIT_INTERRUPTED = 130
 # sub-parsers object; pass ``parents=[common]`` for --json/--verbose) and sets
 # ``handler=<function(args) -> int>``. Those modules must not import torch at module level
 # so that ``sgpsam --help`` stays fast.
-COMMAND_MODULES = ("cli_download", "cli_synth", "cli_train", "cli_evaluate", "cli_demo",
-                   "cli_batch")
+COMMAND_MODULES = ("download", "synth", "train", "evaluate", "demo", "batch")
 
 _POINT_HELP = """\
 a click as R,A,S[,+|-]: coordinates in mm (RAS, as Slicer shows them; LPS with --lps) and an
@@ -206,7 +205,7 @@ def _check_output_path(out: Path, image: Path) -> None:
 
 def _resolve_checkpoint(spec: str, option: str) -> Path:
     """A checkpoint file, or a known model name (``demo``, ``sam_med3d_turbo``) -> its file."""
-    from .models import KNOWN_MODELS, resolve_model
+    from ..models import KNOWN_MODELS, resolve_model
 
     if spec in KNOWN_MODELS:
         return resolve_model(spec)
