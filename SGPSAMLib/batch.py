@@ -649,8 +649,8 @@ class _Runner:
             if written == 0:
                 result.warnings.append(f"lesion {lesion.name!r}: empty mask")
             for seed in lesion.seeds:
-                warning = level is not None and seed.positive and background_point_warning(
-                    volume, seed.ras, f"seed {seed.source}", level)
+                warning = seed.positive and background_point_warning(
+                    volume, seed.ras, f"seed {seed.source}", level=level)
                 if warning:
                     result.warnings.append(f"lesion {lesion.name!r}: {warning}")
         return labels

@@ -48,17 +48,22 @@ def background_level(volume: Volume) -> float | None:
     return float(low + _BACKGROUND_FRACTION * (high - low))
 
 
+_COMPUTE = object()
+
+
 def background_point_warning(volume: Volume, ras: Sequence[float], label: str,
-                             level: float | None = None) -> str | None:
+                             level: float | None | object = _COMPUTE) -> str | None:
     """A warning when the voxel under ``ras`` (RAS mm) is background or air, else None.
 
     Args:
         volume: the image.
         ras: the point, RAS mm.
         label: how to name the point in the message (``"--point '1,2,3'"``, ``"seed 4"``).
-        level: :func:`background_level` of the volume, when already computed.
+        level: :func:`background_level` of the volume when already computed (None: a flat
+            image, never a warning); computed here when not given.
     """
-    level = background_level(volume) if level is None else level
+    if level is _COMPUTE:
+        level = background_level(volume)
     if level is None:
         return None
     ijk = np.rint(volume.ras_to_ijk_points(np.asarray(ras, dtype=np.float64)))
@@ -66,28 +71,28 @@ def background_point_warning(volume: Volume, ras: Sequence[float], label: str,
     if any(not 0 <= index < size for index, size in zip(kji, volume.array.shape)):
         return None
     value = float(volume.array[kji])
-    if not value <= level:
+    if not value <= float(level):  # type: ignore[arg-type]
         return None
     return (f"{label} lies on background or air (voxel value {value:.4g}, at the image's "
             f"darkest level <= {level:.4g}); a positive point belongs inside the lesion")
 
 
 def prediction_warnings(volume: Volume, voxels: int,
-                        positive_points: Iterable[tuple[str, Sequence[float]]]) -> list[str]:
+                        positive_points: Iterable[tuple[str, Sequence[float]]],
+                        level: float | None | object = _COMPUTE) -> list[str]:
     """Every warning for one result: empty prediction, positive points on background.
 
     Args:
         volume: the image.
         voxels: voxels in the predicted mask.
         positive_points: (label for the message, RAS mm) of each positive point.
+        level: :func:`background_level` of the volume, when already computed (a session
+            that checks every click computes it once).
     """
     warnings = [w for w in (empty_prediction_warning(voxels),) if w]
-    level: float | None = None
-    for index, (label, ras) in enumerate(positive_points):
-        if index == 0:
+    for label, ras in positive_points:
+        if level is _COMPUTE:
             level = background_level(volume)
-            if level is None:
-                break
         warning = background_point_warning(volume, ras, label, level)
         if warning:
             warnings.append(warning)

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        if not args.verbose:
+        if not args.verbose and getattr(args, "uses_itk", True):  # info, models: no images
             quiet_itk()
         with AbortOnSignals():  # long commands install their own stop-cleanly handlers
             return args.handler(args)

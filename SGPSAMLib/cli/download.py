@@ -54,7 +54,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                                "run resumes it (an altered file is always deleted)")
     download.add_argument("--timeout", type=float, default=30.0, metavar="S",
                           help="give up after S seconds without data (default: 30)")
-    download.set_defaults(handler=_download)
+    download.set_defaults(handler=_download, uses_itk=False)
 
 
 def _directory(args: argparse.Namespace) -> Path:

@@ -15,7 +15,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         description="Architecture, SGPM blocks, parameter count, provenance, size and SHA-256 "
                     "of a checkpoint.")
     info.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or model name")
-    info.set_defaults(handler=_info)
+    info.set_defaults(handler=_info, uses_itk=False)
 
 
 def _info(args: argparse.Namespace) -> int:

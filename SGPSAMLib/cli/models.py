@@ -23,7 +23,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                          help="look in DIR instead of the cache folder")
     listing.add_argument("--verify", action="store_true",
                          help="re-compute the SHA-256 of downloaded files")
-    listing.set_defaults(handler=_models)
+    listing.set_defaults(handler=_models, uses_itk=False)
 
 
 def _models(args: argparse.Namespace) -> int:
