@@ -37,7 +37,15 @@ behaviours a user relies on, each a deliberate choice:
   (``0 <= i < n``), so the ``n`` jobs of a cluster array cover every case exactly once; each
   writes its own journal and ``summary_shard{i}of{n}.csv/.json`` into the shared output
   folder. A final run without ``shard`` skips all finished cases and writes the full summary.
-- **One model.** The checkpoint is loaded once per run (on the first case that needs it).
+- **One model.** The checkpoint is loaded once per run (on the first case that needs it). A
+  model that cannot be loaded ends the run with its error (a ``CheckpointError``, exit status 2
+  on the command line) instead of failing every case in turn.
+- **Checked before work.** A missing input folder, an input without volumes, an unreadable
+  seed CSV, an unknown model and an output folder that cannot be written (a test file is
+  created and removed) raise before the first case.
+- **Warnings.** A lesion whose mask is empty, or a positive seed on background or air
+  (:mod:`SGPSAMLib.result_checks`), leaves the case ``ok`` and is listed in its ``warnings``
+  (summary column and JSON).
 """
 from __future__ import annotations
 
@@ -47,6 +55,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,6 +69,7 @@ import numpy as np
 from .errors import CheckpointError, PromptError, SGPSAMError, VolumeIOError
 from .geometry import Volume
 from .io import atomic_write, read_volume, write_labelmap
+from .result_checks import background_level, background_point_warning
 from .seeds import (
     SPACES,
     Lesion,
@@ -85,7 +95,7 @@ OUTPUT_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd"}
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 STATUSES = ("ok", "skipped", "no_seeds", "failed")
 SUMMARY_COLUMNS = ("case", "image", "output", "lesions", "voxels", "volume_ml", "seconds",
-                   "status", "error")
+                   "status", "error", "warnings")
 JOURNAL_PREFIX = "sgpsam_batch"
 MARKUPS_SUFFIX = ".mrk.json"
 _TMP_NAME = re.compile(r"\.tmp[0-9a-f]{8}")
@@ -168,7 +178,7 @@ class CaseResult:
         return {"case": self.case, "image": self.image, "output": self.output,
                 "lesions": self.lesions, "voxels": self.voxels,
                 "volume_ml": round(self.volume_ml, 4), "seconds": round(self.seconds, 3),
-                "status": self.status, "error": self.error}
+                "status": self.status, "error": self.error, "warnings": "; ".join(self.warnings)}
 
     def record(self) -> dict[str, Any]:
         """Everything, JSON-ready (journal line and JSON summary entry)."""
@@ -212,6 +222,10 @@ class _Stopped(Exception):
 
 class _CallbackError(Exception):
     """A progress or stop callback raised: not the case's fault, so the run ends with it."""
+
+
+class _ModelError(Exception):
+    """The model could not be loaded: no case can succeed, so the run ends with the error."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,22 +496,26 @@ def _model_id(model: Any) -> str:
 
 
 def _resolve_model_spec(spec: Any) -> Any:
-    """A path, a known model name (via SGPSAMLib.models when present) or a model object."""
+    """A path or known model name (-> its file, via the one resolver) or a model object."""
     if not isinstance(spec, (str, os.PathLike)):
         if not all(hasattr(spec, name) for name in ("encode", "decode", "config")):
             raise CheckpointError(f"model {type(spec).__name__}: expected a checkpoint path, a "
                                   "known model name or a model with encode/decode/config")
         return spec
+    from .models import resolve_model
+
+    return resolve_model(spec, option="--model")
+
+
+def _check_writable(folder: Path) -> None:
+    """VolumeIOError unless a file can be created in ``folder`` (tried, then removed)."""
     try:
-        from .models import resolve_model
-    except ImportError:
-        resolve_model = None
-    if resolve_model is not None:
-        return resolve_model(spec)
-    path = Path(spec)
-    if not path.is_file():
-        raise CheckpointError(f"model {spec}: checkpoint file not found")
-    return path
+        handle, name = tempfile.mkstemp(prefix=".sgpsam_write_test.", dir=folder)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        raise VolumeIOError(f"output {folder}: cannot write there ({exc.strerror or exc}); "
+                            "choose a folder you can write to") from exc
 
 
 class _Runner:
@@ -533,7 +551,14 @@ class _Runner:
             if isinstance(spec, Path):
                 from .build import load_model  # torch import only when a case needs it
                 tick = time.perf_counter()
-                self._model = load_model(spec, device=self.device)
+                try:
+                    self._model = load_model(spec, device=self.device)
+                except SGPSAMError as exc:
+                    raise _ModelError(exc) from exc
+                except Exception as exc:  # e.g. out of memory: still the model, not the case
+                    raise _ModelError(CheckpointError(
+                        f"model {spec}: cannot be loaded on {self.device} ({_one_line(exc)})"
+                    )) from exc
                 log.info("loaded %s in %.1f s", spec, time.perf_counter() - tick)
             else:
                 self._model = spec
@@ -593,6 +618,7 @@ class _Runner:
                                       f"{a:.1f}, {s:.1f} mm) is outside the image {case.path}")
         session = self.session()
         session.set_volume(volume, modality=c.modality)
+        level = background_level(volume)
         dtype = np.uint8 if len(lesions) < 256 else np.uint16
         labels = np.zeros(volume.array.shape, dtype=dtype)
         for n, lesion in enumerate(lesions, start=1):
@@ -622,6 +648,11 @@ class _Runner:
             detail["volume_ml"] = round(written * _voxel_ml(volume), 4)
             if written == 0:
                 result.warnings.append(f"lesion {lesion.name!r}: empty mask")
+            for seed in lesion.seeds:
+                warning = seed.positive and background_point_warning(
+                    volume, seed.ras, f"seed {seed.source}", level=level)
+                if warning:
+                    result.warnings.append(f"lesion {lesion.name!r}: {warning}")
         return labels
 
     @staticmethod
@@ -694,7 +725,7 @@ class _Runner:
             result.voxels = int(voxels)
             result.volume_ml = voxels * _voxel_ml(volume)
             result.status = "ok"
-        except (_Stopped, _CallbackError):
+        except (_Stopped, _CallbackError, _ModelError):
             raise
         except Exception as exc:  # one bad case must not stop the cohort
             log.warning("case %s failed: %s", case.case_id, exc, exc_info=log.isEnabledFor(
@@ -745,11 +776,16 @@ class _Runner:
             if unmatched:
                 log.warning("%d case name(s) in %s match no volume: %s", len(unmatched),
                             csv_path, ", ".join(unmatched[:10]))
+        if not cases_all:
+            raise VolumeIOError(f"input {in_dir}: no volumes found (NIfTI, NRRD, MetaImage files "
+                                "or DICOM series folders"
+                                + (")" if c.recursive else "; --recursive searches sub-folders)"))
         cases = list(cases_all) if c.shard is None else shard_cases(cases_all, *c.shard)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise VolumeIOError(f"output {out_dir}: cannot create folder ({exc})") from exc
+        _check_writable(out_dir)
         suffix = _shard_suffix(c.shard)
         journal_path = out_dir / f"{JOURNAL_PREFIX}{suffix}.jsonl"
         csv_path_out = out_dir / f"summary{suffix}.csv"
@@ -831,6 +867,8 @@ def run_batch(config: BatchConfig, progress: ProgressFn | None = None,
         return _Runner(config, progress, stop).run()
     except _CallbackError as exc:  # the caller's own error, as it raised it
         raise exc.__cause__ from None
+    except _ModelError as exc:  # the model's error, once, instead of a failed row per case
+        raise exc.args[0] from exc.__cause__
 
 
 # ------------------------------------------------------------------------------------------------

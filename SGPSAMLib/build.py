@@ -23,6 +23,7 @@ import torch
 from .config import ModelConfig
 from .errors import CheckpointError
 from .modeling import SGPSAMModel
+from .models import check_checkpoint_file, resolve_model
 
 __all__ = ["PRESETS", "build_model", "load_model", "save_checkpoint", "describe_checkpoint",
            "read_checkpoint", "CHECKPOINT_FORMAT"]
@@ -91,6 +92,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    check_checkpoint_file(path)  # a plain message for files torch.load would answer cryptically
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -146,15 +148,17 @@ def load_model(path: PathLike, device: str | torch.device = "cpu",
     """Build the checkpoint's architecture, load its weights strictly, return it in eval mode.
 
     Args:
-        path: checkpoint file (see the module docstring for accepted layouts).
+        path: checkpoint file (see the module docstring for accepted layouts), or a known model
+            name such as ``"demo"`` (:func:`SGPSAMLib.models.resolve_model`).
         device: "cpu", "cuda", "mps" or "auto".
         preset: architecture for files without a stored config; default: ``sgp_sam`` if the file
             has SGPM weights, else ``sam_med3d``. Ignored for self-describing checkpoints.
 
     Raises:
-        CheckpointError: unreadable file, or missing / unexpected / mis-shaped keys (all listed).
+        CheckpointError: unknown name, unreadable file, or missing / unexpected / mis-shaped keys
+            (all listed).
     """
-    path = Path(path)
+    path = resolve_model(path)
     state, config_dict, metadata = read_checkpoint(path)
     has_sgpm = any(_SGPM_KEY in k for k in state)
     if config_dict is not None:
@@ -214,8 +218,8 @@ def save_checkpoint(model: SGPSAMModel, path: PathLike, metadata: dict | None = 
 
 
 def describe_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Architecture, SGPM, size and provenance of a checkpoint, as plain JSON-able data."""
-    path = Path(path)
+    """Architecture, SGPM, size and provenance of a checkpoint (file or known model name)."""
+    path = resolve_model(path)
     state, config_dict, metadata = read_checkpoint(path)
     sgpm_blocks = sorted({int(k.split(_SGPM_KEY)[1].split(".")[0])
                           for k in state if _SGPM_KEY in k})

@@ -53,6 +53,7 @@ from .click_robot import (
 )
 from .errors import SGPSAMError
 from .geometry import Volume, array_index_to_ijk
+from .job import json_safe  # noqa: F401 - re-exported: evaluation.json_safe stays valid
 
 __all__ = [
     "EvaluationResult",
@@ -304,19 +305,6 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python: strict JSON for records and files."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    return value
-
-
 # ----------------------------------------------------------------------------------------------
 # The driver.
 
@@ -336,12 +324,9 @@ def _load_model(model_or_path: Any, device: Any) -> tuple[Any, dict[str, Any]]:
         return model_or_path, {"model": meta.get("path", type(model_or_path).__name__),
                                "preset": getattr(config, "preset", None)}
     from .build import load_model
+    from .models import resolve_model
 
-    path = Path(os.fspath(model_or_path))
-    if not path.is_file():
-        from .models import resolve_model
-
-        path = resolve_model(os.fspath(model_or_path))
+    path = resolve_model(model_or_path, option="--model")
     model = load_model(path, device=device)
     return model, {"model": str(path), "preset": model.config.preset}
 

@@ -2,10 +2,10 @@
 
 Two models are known by name:
 
-- ``demo``: a small SGP-SAM trained by this project, bundled with the source tree and the Slicer
-  extension (``<repo>/Resources/Models/sgpsam_demo.pt``; installed in Slicer as
-  ``<module dir>/Resources/Models/sgpsam_demo.pt``, where ``SGPSAMLib`` sits next to
-  ``SGPSAM.py``), so everything works offline. ``SGPSAM_DEMO_MODEL`` points at another copy.
+- ``demo``: a small SGP-SAM trained by this project, shipped inside the package as package data
+  (``SGPSAMLib/resources/sgpsam_demo.pt``), so a source checkout, a wheel (``pip install .``)
+  and the Slicer extension (which installs ``SGPSAMLib`` next to ``SGPSAM.py``) all find it in
+  the same place and everything works offline. ``SGPSAM_DEMO_MODEL`` points at another copy.
 - ``sam_med3d_turbo``: the official SAM-Med3D-turbo weights, downloaded on request (with the
   licence shown first) from Hugging Face into :func:`cache_dir` and checked against a pinned
   SHA-256.
@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -32,7 +33,7 @@ from .errors import CheckpointError, SGPSAMError
 __all__ = [
     "ModelInfo", "KNOWN_MODELS", "DEFAULT_DOWNLOAD", "bundled_model_path", "cache_dir",
     "model_path_in_cache", "cached_model_path", "resolve_model", "model_status", "model_url",
-    "write_verified_marker", "sha256_file", "format_size",
+    "write_verified_marker", "sha256_file", "format_size", "check_checkpoint_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,8 @@ PathLike = Union[str, os.PathLike]
 DEFAULT_DOWNLOAD = "sam_med3d_turbo"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# The source tree and the installed Slicer module both put Resources/ next to the package.
-_ROOT = _PACKAGE_DIR.parent
-_DEMO_RELATIVE = Path("Resources") / "Models" / "sgpsam_demo.pt"
+# Package data: travels with a wheel, an installed Slicer extension and a source checkout alike.
+_BUNDLED_DIR = _PACKAGE_DIR / "resources"
 _SIDECAR_SUFFIX = ".sha256"
 _HF_DEFAULT = "https://huggingface.co"
 
@@ -156,23 +156,23 @@ def model_url(info: ModelInfo) -> str | None:
 
 # --------------------------------------------------------------------------------- locations
 def bundled_model_path() -> Path | None:
-    """The bundled demo checkpoint, or None when it is not installed (e.g. not trained yet).
+    """The bundled demo checkpoint, or None when it is not installed.
 
-    Searched in order: ``$SGPSAM_DEMO_MODEL``; ``<parent of SGPSAMLib>/Resources/Models/``
-    (the repository root when running from source, the module folder inside Slicer);
-    ``<parent of SGPSAMLib>/SGPSAM/Resources/Models/`` (Slicer module folder in the source tree).
+    Searched in order: ``$SGPSAM_DEMO_MODEL`` (a file), then the package data
+    ``SGPSAMLib/resources/sgpsam_demo.pt``.
     """
     env = os.environ.get("SGPSAM_DEMO_MODEL", "").strip()
-    candidates = []
     if env:
-        candidates.append(Path(env).expanduser())
-    candidates += [_ROOT / _DEMO_RELATIVE, _ROOT / "SGPSAM" / _DEMO_RELATIVE]
-    for candidate in candidates:
+        candidate = Path(env).expanduser()
         if candidate.is_file():
             return candidate
-    if env:
         log.warning("SGPSAM_DEMO_MODEL=%s is not a file; ignoring it", env)
-    return None
+    bundled = _bundled_file()
+    return bundled if bundled.is_file() else None
+
+
+def _bundled_file() -> Path:
+    return _BUNDLED_DIR / KNOWN_MODELS["demo"].filename
 
 
 def _default_cache_dir() -> Path:
@@ -308,7 +308,7 @@ def model_status(name: str, verify: bool = False,
         path = bundled_model_path()
         record.update(present=path is not None, state="bundled" if path else "missing",
                       path=str(path) if path else None,
-                      expected_path=str(_ROOT / _DEMO_RELATIVE))
+                      expected_path=str(_bundled_file()))
         return record
     path = model_path_in_cache(name, directory)
     if not path.is_file():
@@ -324,12 +324,70 @@ def model_status(name: str, verify: bool = False,
     return record
 
 
+def check_checkpoint_file(path: PathLike) -> None:
+    """Refuse, with a plain message, a file that cannot be a checkpoint written by ``torch.save``.
+
+    A cheap look at the first bytes, before ``torch.load`` would answer with its internals
+    ("pop from empty list", a bare number, advice about ``weights_only``): a checkpoint is a zip
+    archive (PyTorch >= 1.6) or a legacy pickle (first byte 0x80).
+
+    Raises:
+        CheckpointError: empty, truncated zip, or not a checkpoint (with what it looks like).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})"
+                              ) from exc
+    accepted = ("expected a checkpoint written by torch.save: a SAM-Med3D .pth, a file from "
+                "sgpsam train, or a state_dict")
+    if not head:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), not a checkpoint; an "
+                              f"interrupted download or copy? {accepted}")
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: a damaged or incomplete checkpoint (its zip "
+                                  "archive has no end record); download or copy it again")
+        return
+    if head[0] == 0x80:  # pickle protocol >= 2: the legacy torch.save format
+        return
+    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_looks_like(head)}); "
+                          f"{accepted}")
+
+
+def _looks_like(head: bytes) -> str:
+    """A few words on what a non-checkpoint file seems to be, from its first bytes."""
+    known = ((b"\x1f\x8b", "a gzip file, such as a .nii.gz image"), (b"NRRD", "an NRRD image"),
+             (b"\x89HDF", "an HDF5 file"), (b"\x89PNG", "a PNG image"),
+             (b"%PDF", "a PDF document"), (b"{", "a JSON file"), (b"<", "an HTML or XML page"))
+    for magic, what in known:
+        if head.startswith(magic):
+            return f"it looks like {what}"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "it looks like a safetensors file, which is not supported"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown binary content"
+    return "it looks like a text file"
+
+
 # -------------------------------------------------------------------------------- resolution
-def resolve_model(spec: PathLike, verify: bool = False) -> Path:
+def resolve_model(spec: PathLike, verify: bool = False, option: str | None = None) -> Path:
     """Turn a model name or a checkpoint path into an existing checkpoint file.
 
-    A known name wins over a file of the same name in the working folder (write ``./demo`` for
-    the file). Downloadable models must already be in the cache; nothing is downloaded here.
+    The one resolver behind every place that takes a model (``sgpsam segment/info/batch/
+    evaluate/demo``, ``train --init``, :func:`SGPSAMLib.build.load_model`, the Slicer module).
+    A known name (a ``str`` in :data:`KNOWN_MODELS`) wins over a file of the same name in the
+    working folder (write ``./demo`` for the file). Downloadable models must already be in the
+    cache; nothing is downloaded here.
+
+    Args:
+        spec: a known model name, or a checkpoint file path (``str`` or ``os.PathLike``).
+        verify: re-hash a downloaded model instead of trusting its verification record.
+        option: the option or field the value came from (``--model``), named in messages.
 
     Raises:
         CheckpointError: unknown name and no such file, a folder, a model not downloaded yet
@@ -341,34 +399,43 @@ def resolve_model(spec: PathLike, verify: bool = False) -> Path:
         text = os.fsdecode(text)
     info = KNOWN_MODELS.get(text) if isinstance(spec, str) else None
     if info is not None:
-        if not info.downloadable:
-            path = bundled_model_path()
-            if path is None:
-                raise CheckpointError(
-                    f"model {info.name!r} is not installed: expected {_ROOT / _DEMO_RELATIVE} "
-                    "(or a file named by SGPSAM_DEMO_MODEL); choose another model or a "
-                    "checkpoint file")
-            return path
-        path = model_path_in_cache(info.name)
-        state = _check_file(path, info.sha256 or "", verify)
-        if state == "missing":
-            raise CheckpointError(
-                f"model {info.name!r} is not downloaded yet; run `sgpsam download {info.name}` "
-                f"(about {format_size(info.size_bytes or info.approx_bytes)}, licence "
-                f"{info.licence}) or pass a checkpoint file path (looked in {path.parent}; set "
-                "SGPSAM_CACHE_DIR to use another cache folder)")
-        if state == "mismatch":
-            raise CheckpointError(
-                f"model {info.name!r}: {path} does not match the published SHA-256 "
-                f"{info.sha256} (incomplete or altered file); run "
-                f"`sgpsam download {info.name} --force` to download it again")
-        return path
+        return _known_model_file(info, verify)
+    label = f"{option} {text}" if option else f"model {text}"
+    names = ", ".join(KNOWN_MODELS)
+    if not text.strip():
+        raise CheckpointError(f"{option or 'model'}: empty; expected a checkpoint file or a model "
+                              f"name ({names})")
     path = Path(text).expanduser()
     if path.is_dir():
-        raise CheckpointError(f"model {text!r} is a folder; expected a checkpoint file "
-                              "(.pt/.pth) or one of the model names: "
-                              f"{', '.join(KNOWN_MODELS)}")
+        raise CheckpointError(f"{label}: is a folder; expected a checkpoint file (.pt/.pth) or "
+                              f"a model name ({names})")
     if not path.is_file():
-        raise CheckpointError(f"model {text!r}: no such checkpoint file, and not a known model "
-                              f"name ({', '.join(KNOWN_MODELS)})")
+        raise CheckpointError(f"{label}: checkpoint file not found, and not a known model name "
+                              f"({names})")
+    return path
+
+
+def _known_model_file(info: ModelInfo, verify: bool) -> Path:
+    """The file of a known model: the bundled copy, or the verified download in the cache."""
+    if not info.downloadable:
+        path = bundled_model_path()
+        if path is None:
+            raise CheckpointError(
+                f"model {info.name!r} is not installed: expected {_bundled_file()} (or a file "
+                "named by SGPSAM_DEMO_MODEL); reinstall the package, or choose another model or "
+                "a checkpoint file")
+        return path
+    path = model_path_in_cache(info.name)
+    state = _check_file(path, info.sha256 or "", verify)
+    if state == "missing":
+        raise CheckpointError(
+            f"model {info.name!r} is not downloaded yet; run `sgpsam download {info.name}` "
+            f"(about {format_size(info.size_bytes or info.approx_bytes)}, licence "
+            f"{info.licence}) or pass a checkpoint file path (looked in {path.parent}; set "
+            "SGPSAM_CACHE_DIR to use another cache folder)")
+    if state == "mismatch":
+        raise CheckpointError(
+            f"model {info.name!r}: {path} does not match the published SHA-256 "
+            f"{info.sha256} (incomplete or altered file); run "
+            f"`sgpsam download {info.name} --force` to download it again")
     return path

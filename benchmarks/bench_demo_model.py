@@ -7,7 +7,7 @@ This is where the demo model's figures in the README come from. Two parts:
   with :func:`SGPSAMLib.evaluation.evaluate` (click 1 at the lesion interior, later clicks at
   the centre of the largest error region); summary over all lesions and lesions < 1 mL.
 - **real cases**: every case of ``../shared/data/manifest.json`` (or ``--shared-root``), its
-  default target's largest connected component, through :func:`SGPSAMLib.cli_demo.run_demo`
+  default target's largest connected component, through :func:`SGPSAMLib.cli.demo.run_demo`
   (the same protocol, the session on the image's own grid).
 
 Prints one JSON object. Example (the README's numbers)::
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from SGPSAMLib.cli_demo import run_demo, shared_data_root  # noqa: E402
+from SGPSAMLib.cli.demo import run_demo, shared_data_root  # noqa: E402
 from SGPSAMLib.evaluation import evaluate, json_safe  # noqa: E402
 from SGPSAMLib.synthetic import EVAL_SEED_BASE, write_dataset  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Logic of the Batch tab: validate the form, run ``sgpsam batch`` as a child, keep the table.
 
 The child is ``python -m SGPSAMLib batch INPUT --model M --out OUT ... --json-progress``
-(``SGPSAMLib/cli_batch.py``); its JSON lines drive the progress bar and a per-case status
+(``SGPSAMLib/cli/batch.py``); its JSON lines drive the progress bar and a per-case status
 table (one ``CaseRow`` per case, added as "running" when the child starts a case and
 completed by its ``"case"`` record). ``open_result`` loads a finished case's image and
 segmentation into a scene. No Qt here: the Widget calls ``poll()`` from a QTimer and reads

@@ -620,8 +620,27 @@ class LesionSegmenter:
         seconds = time.perf_counter() - start
         voxels = int(self.session.state.voxels)
         message = self._message(kind, lesion, changed, voxels, seconds)
+        message += self._warnings(points, voxels)
         return ClickResult(lesion.segment_id, kind, box, changed, voxels, seconds, timings,
                            message)
+
+    def _warnings(self, points: list[PointRecord], voxels: int) -> str:
+        """' Warning: ...' for an empty mask or a positive point on background/air, or ''."""
+        from SGPSAMLib.result_checks import (  # noqa: PLC0415
+            background_level,
+            prediction_warnings,
+        )
+
+        positives = [(f"{p.role} point {p.point_id}", world_to_volume_ras(self.volume_node,
+                                                                          p.world))
+                     for p in points if p.positive]
+        if not positives:
+            return ""
+        if getattr(self, "_background", (None,))[0] is not self.volume:
+            self._background = (self.volume, background_level(self.volume))
+        warnings = prediction_warnings(self.volume, voxels, positives,
+                                       level=self._background[1])
+        return "".join(f" Warning: {text}." for text in warnings)
 
     @staticmethod
     def _same(a: list[PointRecord], b: list[PointRecord]) -> bool:

@@ -4,7 +4,7 @@ activation rates, checkpoints, the resulting model).
 
 The child is ``python -m SGPSAMLib train --data DIR --out DIR --mode sgp|finetune
 [--init CKPT] [--preset P] --epochs N|--steps N --lr X --device D --json-progress``
-(``SGPSAMLib/cli_train.py``). Training runs out of process so that a crash or an out-of-memory
+(``SGPSAMLib/cli/train.py``). Training runs out of process so that a crash or an out-of-memory
 kill cannot take Slicer down; Stop sends SIGTERM and the child saves ``last.pt`` and
 ``state.pt`` before it exits (``resume=True`` continues such a run).
 """

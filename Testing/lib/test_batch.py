@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from SGPSAMLib import batch as batch_module
-from SGPSAMLib import build, cli_batch
+from SGPSAMLib import build
 from SGPSAMLib.batch import (
     SUMMARY_COLUMNS,
     BatchConfig,
@@ -34,6 +34,7 @@ from SGPSAMLib.batch import (
     run_batch,
     shard_cases,
 )
+from SGPSAMLib.cli import batch as cli_batch
 from SGPSAMLib.cli import main
 from SGPSAMLib.errors import SGPSAMError, VolumeIOError
 from SGPSAMLib.io import read_volume

@@ -1,4 +1,4 @@
-"""The demo model shipped in ``Resources/Models``: present, small, self-describing, and it
+"""The demo model shipped in ``SGPSAMLib/resources``: present, small, self-describing, and it
 segments a held-out synthetic lesion at least as well as measured when it was bundled.
 
 The pass marks sit below the figures ``benchmarks/bench_demo_model.py`` measured for this file
@@ -32,7 +32,7 @@ MAX_CENTROID_OFFSET_MM = 10.0
 @pytest.fixture(scope="module")
 def demo_path():
     path = models.bundled_model_path()
-    assert path is not None, "Resources/Models/sgpsam_demo.pt is missing from the checkout"
+    assert path is not None, "SGPSAMLib/resources/sgpsam_demo.pt is missing from the checkout"
     return path
 
 

@@ -14,7 +14,6 @@ import SimpleITK as sitk
 import torch
 
 import SGPSAMLib
-from SGPSAMLib import cli
 from SGPSAMLib.build import build_model, save_checkpoint
 from SGPSAMLib.cli import main, parse_point
 from SGPSAMLib.errors import PromptError
@@ -77,7 +76,7 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("load_model was called before the failing check")
 
-    monkeypatch.setattr(cli, "load_model", fail)
+    monkeypatch.setattr("SGPSAMLib.build.load_model", fail)  # what `segment` imports and calls
 
 
 def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:

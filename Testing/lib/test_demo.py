@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from SGPSAMLib import cli_demo
 from SGPSAMLib.build import build_model, save_checkpoint
+from SGPSAMLib.cli import demo as cli_demo
 from SGPSAMLib.cli import main
 from SGPSAMLib.geometry import Volume
 from SGPSAMLib.io import read_volume, write_labelmap, write_volume

@@ -22,7 +22,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SGPSAM_CACHE_DIR", str(cache))
     monkeypatch.delenv("SGPSAM_DEMO_MODEL", raising=False)
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    monkeypatch.setattr(models, "_ROOT", tmp_path / "root")
+    monkeypatch.setattr(models, "_BUNDLED_DIR", tmp_path / "root" / "SGPSAMLib" / "resources")
     return cache
 
 
@@ -108,8 +108,8 @@ def test_resolve_model_paths(tmp_path: Path) -> None:
     checkpoint.write_bytes(b"x")
     assert models.resolve_model(str(checkpoint)) == checkpoint
     assert models.resolve_model(checkpoint) == checkpoint
-    with pytest.raises(CheckpointError, match="no such checkpoint file, and not a known model "
-                                              "name \\(demo, sam_med3d_turbo\\)"):
+    with pytest.raises(CheckpointError, match="absent.pth: checkpoint file not found, and not a "
+                                              "known model name \\(demo, sam_med3d_turbo\\)"):
         models.resolve_model(str(tmp_path / "absent.pth"))
     with pytest.raises(CheckpointError, match="is a folder"):
         models.resolve_model(str(tmp_path))
@@ -120,8 +120,8 @@ def test_demo_model_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(CheckpointError, match="model 'demo' is not installed: expected .*"
                                               "sgpsam_demo.pt"):
         models.resolve_model("demo")
-    # Installed in Slicer / source tree: <parent of SGPSAMLib>/Resources/Models/.
-    bundled = tmp_path / "root" / "Resources" / "Models" / "sgpsam_demo.pt"
+    # Package data: SGPSAMLib/resources/ in a checkout, a wheel and the Slicer extension alike.
+    bundled = tmp_path / "root" / "SGPSAMLib" / "resources" / "sgpsam_demo.pt"
     bundled.parent.mkdir(parents=True)
     bundled.write_bytes(b"demo")
     assert models.bundled_model_path() == bundled == models.resolve_model("demo")

@@ -153,7 +153,7 @@ def test_resume_is_bit_exact(data, tmp_path):
 
 
 def test_sigterm_stops_cleanly_through_the_cli(data, tmp_path, capsys, monkeypatch):
-    import SGPSAMLib.cli_train as cli_train
+    import SGPSAMLib.cli.train as cli_train
 
     init = tmp_path / "tiny64.pt"  # the CLI has no flag for a 64^3 crop: an init of that shape
     save_checkpoint(build_model("tiny", image_size=64), init)

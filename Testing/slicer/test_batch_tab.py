@@ -11,7 +11,7 @@ import pytest
 from SGPSAMSlicerLib.batch_tab import OUTPUT_FORMATS, BatchParams, BatchTabLogic, CaseRow
 from SGPSAMSlicerLib.jobs import JobState, ReplayRunner
 
-from SGPSAMLib import cli_batch
+from SGPSAMLib.cli import batch as cli_batch
 from SGPSAMLib.errors import SGPSAMError, VolumeIOError
 
 PYTHON = "/opt/Slicer/bin/PythonSlicer"

@@ -12,7 +12,7 @@ import pytest
 from SGPSAMSlicerLib.jobs import JobState, ReplayRunner
 from SGPSAMSlicerLib.training_tab import PRESETS, TrainingParams, TrainingTabLogic
 
-from SGPSAMLib import cli_train
+from SGPSAMLib.cli import train as cli_train
 from SGPSAMLib.errors import SGPSAMError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import SGPSAMError
+from ..errors import SGPSAMError
 
 __all__ = ["register", "parse_triplet"]
 
@@ -78,7 +78,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from .synthetic import write_dataset
+    from ..synthetic import write_dataset
 
     if args.cases < 1:
         raise SGPSAMError(f"--cases {args.cases}: expected an integer >= 1")

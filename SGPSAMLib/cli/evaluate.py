@@ -2,21 +2,21 @@
 
 Torch is imported only when the command runs. With ``--json-progress`` every stdout line is a
 JSON object (``start``, ``progress`` after each lesion, ``case`` per finished case, ``done``
-with the summary, ``error``). SIGTERM (or a first Ctrl-C) stops after the current lesion: the
-unfinished case is dropped, the outputs are written for the finished cases, ``done`` says
-``"stopped": true``, exit code 0.
+with the summary, ``error``); otherwise progress goes to stderr (a bar on a terminal, plain
+lines in a log). Ctrl-C or SIGTERM stops after the current lesion: the unfinished case is
+dropped, the outputs are written for the finished cases, ``done`` says ``"stopped": true``,
+exit code 0; a second Ctrl-C aborts at once.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import SGPSAMError
+from ..errors import SGPSAMError
+from ..job import ProgressLines, StopOnSignals, json_safe, print_record
 
 __all__ = ["register"]
 
@@ -81,9 +81,26 @@ def _labels(text: str | None) -> list[int] | None:
                           ) from None
 
 
-def _emit(record: dict) -> None:
-    sys.stdout.write(json.dumps(record) + "\n")
-    sys.stdout.flush()
+def _note(text: str) -> None:
+    print(f"sgpsam: {text}", file=sys.stderr, flush=True)
+
+
+class _CaseLines:
+    """Text-mode progress over cases on stderr (see :class:`SGPSAMLib.job.ProgressLines`)."""
+
+    def __init__(self) -> None:
+        self.lines: ProgressLines | None = None
+
+    def __call__(self, record: dict) -> None:
+        event = record.get("event")
+        if event == "start":
+            self.lines = ProgressLines(record["total_cases"], "case")
+        elif event == "case" and self.lines is not None:
+            self.lines.update(self.lines.done + 1, f"{record.get('case')} {record.get('status')}")
+
+    def close(self) -> None:
+        if self.lines is not None:
+            self.lines.close()
 
 
 def _check_out(path: str | None, flag: str) -> Path | None:
@@ -98,7 +115,7 @@ def _check_out(path: str | None, flag: str) -> Path | None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
+    from ..evaluation import evaluate
 
     if args.clicks < 1:
         raise SGPSAMError(f"--clicks {args.clicks}: expected an integer >= 1")
@@ -109,25 +126,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     out_json = _check_out(args.out_json, "--out-json")
     out_csv = _check_out(args.out_csv, "--out-csv")
     labels = _labels(args.labels)
-    stop = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    text_progress = None if args.json_progress else _CaseLines()
     try:
-        result = evaluate(args.model, args.data, clicks=args.clicks, device=args.device,
-                          progress=_emit if args.json_progress else None, labels=labels,
-                          lesion_unit=args.lesion_unit,
-                          min_lesion_voxels=args.min_lesion_voxels, modality=args.modality,
-                          prompt_mode=args.prompt_mode, nsd_tolerance_mm=args.nsd_tolerance,
-                          max_cases=args.max_cases, max_windows=args.max_windows, stop=stop)
+        with StopOnSignals(notify=_note, what="the current lesion") as signals:
+            result = evaluate(
+                args.model, args.data, clicks=args.clicks, device=args.device,
+                progress=print_record if args.json_progress else text_progress, labels=labels,
+                lesion_unit=args.lesion_unit, min_lesion_voxels=args.min_lesion_voxels,
+                modality=args.modality, prompt_mode=args.prompt_mode,
+                nsd_tolerance_mm=args.nsd_tolerance, max_cases=args.max_cases,
+                max_windows=args.max_windows, stop=signals.event)
     except (SGPSAMError, OSError) as exc:
         if args.json_progress:
-            _emit({"event": "error", "message": " ".join(str(exc).split())})
+            print_record({"event": "error", "message": " ".join(str(exc).split())})
         raise
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        if text_progress is not None:
+            text_progress.close()
     if out_json is not None:
         result.write_json(out_json)
     if out_csv is not None:
@@ -136,8 +151,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json_progress:
         return 0
     if args.json:
-        from .evaluation import json_safe
-
         print(json.dumps(json_safe({**summary, "out_json": args.out_json,
                                      "out_csv": args.out_csv})))
         return 0

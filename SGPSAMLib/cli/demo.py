@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .errors import SGPSAMError
+from ..errors import SGPSAMError
 
 __all__ = ["register", "run_demo", "shared_data_root", "load_shared_case"]
 
@@ -35,12 +33,13 @@ examples:
 """
 
 DEMO_FILES = ("demo_mask.nii.gz", "demo_overlay.png", "demo_result.json")
+#: ``SGPSAMLib.synthetic.DEMO_SEED_BASE`` (a test keeps them equal), spelled out so that
+#: building the parser imports no numpy.
+DEMO_SEED_BASE = 10_000
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``demo`` sub-command."""
-    from .synthetic import DEMO_SEED_BASE
-
     parser = commands.add_parser(
         "demo", parents=[common], help="segment a sample lesion and show Dice, timings, overlay",
         description="Run the interactive model on a sample volume with simulated clicks and "
@@ -74,19 +73,28 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 # Sample data.
 
 def shared_data_root() -> Path:
-    """``$SGPSAM_SHARED_DATA``, else ``<repo>/../shared/data``."""
+    """``$SGPSAM_SHARED_DATA``; else the first of ``<checkout>/../shared/data``,
+    ``./shared/data`` and ``../shared/data`` that holds ``manifest.json`` (an installed package
+    has no checkout around it, so the working folder is tried too)."""
     env = os.environ.get("SGPSAM_SHARED_DATA", "").strip()
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    candidates = [Path(__file__).resolve().parents[2].parent / "shared" / "data",
+                  Path.cwd() / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    for candidate in candidates:
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    return candidates[0]
 
 
 def load_shared_case(case_id: str, root: Path | None = None, max_lesions: int = 1
-                     ) -> tuple[Any, np.ndarray, str]:
+                     ) -> tuple[Any, Any, str]:
     """(volume, lesion labels (K, J, I) uint8: the ``max_lesions`` largest connected components
     of the manifest's default target, largest = 1), modality) of a shared-data case."""
-    from .evaluation import connected_components
-    from .io import read_volume
+    import numpy as np
+
+    from ..evaluation import connected_components
+    from ..io import read_volume
 
     root = shared_data_root() if root is None else Path(root)
     manifest = root / "manifest.json"
@@ -120,10 +128,10 @@ def load_shared_case(case_id: str, root: Path | None = None, max_lesions: int = 
 
 def _load_model(spec: str, device: Any) -> tuple[Any, str]:
     """(model, checkpoint path); a known name (demo, ...) or a file."""
-    from .build import load_model
-    from .models import resolve_model
+    from ..build import load_model
+    from ..models import resolve_model
 
-    path = Path(spec) if Path(spec).is_file() else resolve_model(spec)
+    path = resolve_model(spec, option="--model")
     return load_model(path, device=device), str(path)
 
 
@@ -131,12 +139,14 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
              case: str = "synthetic", clicks: int = 3, device: str = "auto", lesions: int = 1,
              modality: str = "random", max_windows: int = 8) -> dict[str, Any]:
     """Run the demo and write its files; returns the JSON-able result record."""
-    from .devices import resolve_device
-    from .evaluation import simulate_lesion
-    from .io import write_labelmap, write_volume
-    from .overlay import render_overlay, write_png
-    from .session import InteractiveSession
-    from .synthetic import DEMO_SEED_BASE, make_case
+    import numpy as np
+
+    from ..devices import resolve_device
+    from ..evaluation import simulate_lesion
+    from ..io import write_labelmap, write_volume
+    from ..overlay import render_overlay, write_png
+    from ..session import InteractiveSession
+    from ..synthetic import DEMO_SEED_BASE, make_case
 
     if clicks < 1:
         raise SGPSAMError(f"--clicks {clicks}: expected an integer >= 1")
@@ -223,8 +233,8 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
                     "total_s": time.perf_counter() - start},
         "files": files,
     }
-    from .evaluation import json_safe
-    from .io import atomic_write
+    from ..evaluation import json_safe
+    from ..io import atomic_write
 
     files["result"] = str(out_dir / "demo_result.json")
     with atomic_write(out_dir / "demo_result.json") as tmp:

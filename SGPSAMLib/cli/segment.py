@@ -1,55 +1,30 @@
-"""Command line: ``sgpsam segment`` and ``sgpsam info`` (also ``python -m SGPSAMLib``).
+"""``sgpsam segment IMAGE --point ... --out MASK``: one lesion from clicks, written as a labelmap.
 
-Every user mistake (bad file, bad point, wrong checkpoint) ends as one line
-``sgpsam: error: <message>`` on stderr with exit code 2, found before the slow steps where
-possible, and nothing is written on failure. ``--verbose`` adds logging and tracebacks.
+Cheap checks come first (points, output path, model name, device, image, points inside the
+image), so a mistake costs no model load and leaves nothing behind. An empty prediction, or a
+positive point on background or air, is written but reported with a warning.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
 import math
 import os
-import re
-import sys
 import time
-import traceback
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
-import numpy as np
+from ..errors import PromptError, SGPSAMError, VolumeIOError
+from .common import format_mm, warn
 
-from . import __version__
-from .build import describe_checkpoint, load_model
-from .devices import resolve_device
-from .errors import CheckpointError, PromptError, SGPSAMError, VolumeIOError
-from .geometry import Volume, lps_to_ras
-from .io import WRITE_SUFFIXES, read_volume, write_labelmap
-from .region import volume_ras_bounds
-from .session import InteractiveSession
-
-if TYPE_CHECKING:
-    import torch
-
-__all__ = ["main", "build_parser", "parse_point", "PointArg", "COMMAND_MODULES"]
+__all__ = ["register", "parse_point", "PointArg", "WRITE_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 
-PROG = "sgpsam"
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-# Further sub-commands live in their own modules, each exposing
-# ``register(commands, common)``: it adds its sub-parser to ``commands`` (an argparse
-# sub-parsers object; pass ``parents=[common]`` for --json/--verbose) and sets
-# ``handler=<function(args) -> int>``. Those modules must not import torch at module level
-# so that ``sgpsam --help`` stays fast.
-COMMAND_MODULES = ("cli_download", "cli_synth", "cli_train", "cli_evaluate", "cli_demo",
-                   "cli_batch")
+#: Output types of a mask; the same as ``SGPSAMLib.io.WRITE_SUFFIXES`` (a test keeps them equal),
+#: spelled out so that building the parser imports no numpy or SimpleITK.
+WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 _POINT_HELP = """\
 a click as R,A,S[,+|-]: coordinates in mm (RAS, as Slicer shows them; LPS with --lps) and an
@@ -57,7 +32,7 @@ optional sign, + for a positive point (default) or - for a negative one. Repeat 
 several clicks; they are applied in order. Coordinates are often negative: write
 --point=-58.1,22.7,-6.9,+ (with '='), because a bare '--point -58.1,...' is read as an option."""
 
-_EPILOG = """\
+EPILOG = """\
 examples:
   sgpsam segment ct.nii.gz --model sam_med3d_turbo.pth --point=-58.1,22.7,-6.9 --out lesion.nii.gz
   sgpsam segment mr.nrrd --model model.pth --point=10,-20,30,+ --point=14,-20,30,- \\
@@ -101,36 +76,14 @@ def parse_point(text: str) -> PointArg:
     return PointArg((coords[0], coords[1], coords[2]), sign == "+", text)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a hint for the classic negative-coordinate mistake."""
-
-    def error(self, message: str) -> NoReturn:
-        if "--point" in message and "expected one argument" in message:
-            message += " (for negative coordinates write --point=-58.1,22.7,-6.9,+ with '=')"
-        super().error(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``sgpsam`` argument parser (exposed for documentation and tests)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true",
-                        help="print one JSON object instead of text")
-    common.add_argument("--verbose", action="store_true",
-                        help="log progress to stderr and show tracebacks on errors")
-
-    parser = _Parser(
-        prog=PROG, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="SGP-SAM: click-based 3D lesion segmentation with a SAM-Med3D-compatible "
-                    "model. Exit code 2 on a usage or input error.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add the ``segment`` sub-command."""
     segment = commands.add_parser(
         "segment", parents=[common], help="segment one lesion from clicks, write a labelmap",
         description="Segment a lesion in IMAGE from one or more clicks and write the mask as a "
-                    "labelmap on IMAGE's exact voxel grid.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "labelmap on IMAGE's exact voxel grid. An empty mask, or a positive point "
+                    "on background or air, is reported with 'sgpsam: warning:'.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     segment.add_argument("image", metavar="IMAGE",
                          help="NIfTI, NRRD or MHA file, or a folder holding one DICOM series")
     segment.add_argument("--model", required=True, metavar="CKPT",
@@ -152,41 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: auto)")
     segment.set_defaults(handler=_segment)
 
-    info = commands.add_parser(
-        "info", parents=[common], help="describe a checkpoint",
-        description="Architecture, SGPM blocks, parameter count, provenance, size and SHA-256 "
-                    "of a checkpoint.")
-    info.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or model name")
-    info.set_defaults(handler=_info)
-
-    for name in COMMAND_MODULES:
-        qualified = f"{__package__}.{name}"
-        if importlib.util.find_spec(qualified) is not None:
-            importlib.import_module(qualified).register(commands, common)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 usage or input error)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version and usage errors; argparse printed them
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return args.handler(args)
-    except (SGPSAMError, OSError) as exc:
-        if args.verbose:
-            traceback.print_exc()
-        message = re.sub(r"\s*\n\s*", " ", str(exc)).strip() or type(exc).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
 
 def _check_output_path(out: Path, image: Path) -> None:
     """Fail before any slow step if ``out`` cannot be written (io re-checks when writing)."""
@@ -204,41 +122,42 @@ def _check_output_path(out: Path, image: Path) -> None:
         raise VolumeIOError(f"--out {out}: is the input image; choose another file")
 
 
-def _resolve_checkpoint(spec: str, option: str) -> Path:
-    """A checkpoint file, or a known model name (``demo``, ``sam_med3d_turbo``) -> its file."""
-    from .models import KNOWN_MODELS, resolve_model
+def _resolve_device(name: str) -> Any:
+    from ..devices import resolve_device
 
-    if spec in KNOWN_MODELS:
-        return resolve_model(spec)
-    path = Path(spec)
-    if not path.is_file():
-        raise CheckpointError(f"{option} {path}: checkpoint file not found (nor a model name: "
-                              f"{', '.join(sorted(KNOWN_MODELS))})")
-    return path
-
-
-def _resolve_device(name: str) -> torch.device:
     try:
         return resolve_device(name)
     except ValueError as exc:
         raise SGPSAMError(f"--device: {exc}") from None
 
 
-def _check_points_inside(volume: Volume, points: list[PointArg], ras: np.ndarray,
-                         image: Path) -> None:
+def _check_points_inside(volume: Any, points: list[PointArg], ras: Any, image: Path) -> None:
     """PromptError naming the first --point outside the image, with the image's RAS extent."""
+    import numpy as np
+
+    from ..region import volume_ras_bounds
+
     inside = np.atleast_1d(volume.contains_ras(ras))
     if inside.all():
         return
     index = int(np.flatnonzero(~inside)[0])
     low, high = volume_ras_bounds(volume)
     extent = ", ".join(f"{axis} {lo:.1f}..{hi:.1f}" for axis, lo, hi in zip("RAS", low, high))
-    r, a, s = ras[index]
-    raise PromptError(f"--point {points[index].text!r} (RAS {r:.1f}, {a:.1f}, {s:.1f} mm) is "
-                      f"outside the image {image}, which spans RAS mm {extent}")
+    where = ", ".join(format_mm(float(v)) for v in ras[index])
+    raise PromptError(f"--point {points[index].text!r} (RAS {where} mm) is outside the image "
+                      f"{image}, which spans RAS mm {extent}")
 
 
 def _segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..build import load_model
+    from ..geometry import lps_to_ras
+    from ..io import read_volume, write_labelmap
+    from ..models import resolve_model
+    from ..result_checks import prediction_warnings
+    from ..session import InteractiveSession
+
     start = time.perf_counter()
     image, out = Path(args.image), Path(args.out)
     # Cheap checks first: nothing slow runs and nothing is written if any of them fails.
@@ -246,7 +165,7 @@ def _segment(args: argparse.Namespace) -> int:
     xyz = np.array([p.xyz for p in points], dtype=np.float64)
     ras = lps_to_ras(xyz) if args.lps else xyz
     _check_output_path(out, image)
-    checkpoint = _resolve_checkpoint(args.model, "--model")
+    checkpoint = resolve_model(args.model, option="--model")
     device = _resolve_device(args.device)
     volume = read_volume(image)
     _check_points_inside(volume, points, ras, image)
@@ -262,6 +181,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     voxels = int(np.count_nonzero(mask))
     volume_ml = voxels * abs(float(np.linalg.det(volume.ijk_to_ras[:3, :3]))) / 1000.0
+    warnings = prediction_warnings(volume, voxels, [(f"--point {p.text!r}", r)
+                                                    for p, r in zip(points, ras) if p.positive])
     seconds = time.perf_counter() - start
     if args.json:
         record = {
@@ -271,34 +192,12 @@ def _segment(args: argparse.Namespace) -> int:
             "device": str(device), "prompt_mode": args.prompt_mode, "voxels": voxels,
             "volume_ml": round(volume_ml, 4), "seconds": round(seconds, 3),
             "timings": {k: float(v) for k, v in dict(prediction.timings).items()},
+            "warnings": warnings,
         }
         print(json.dumps(record))
     else:
         print(f"{out}: {voxels} voxels, {volume_ml:.2f} mL, {seconds:.2f} s "
               f"({len(points)} point{'s' if len(points) != 1 else ''}, {device})")
-    return 0
-
-
-def _info(args: argparse.Namespace) -> int:
-    description = describe_checkpoint(_resolve_checkpoint(args.checkpoint, "CKPT"))
-    if args.json:
-        print(json.dumps(description))
-        return 0
-    sgpm = description["sgpm_blocks"]
-    config = description["config"]
-    lines = [
-        f"file:        {description['path']} ({description['file_bytes'] / 1e6:.1f} MB)",
-        f"sha256:      {description['sha256']}",
-        f"format:      {description['format']}",
-        f"preset:      {description['preset']} (config {description['config_source']})",
-        f"SGPM:        {'blocks ' + ', '.join(map(str, sgpm)) if sgpm else 'none'}",
-        f"parameters:  {description['num_parameters']:,} in {description['num_tensors']} tensors",
-        "config:",
-        *(f"  {key}: {value}" for key, value in config.items()),
-    ]
-    metadata = description["metadata"]
-    if metadata:
-        lines.append("metadata:")
-        lines.extend(f"  {key}: {value}" for key, value in metadata.items())
-    print("\n".join(lines))
+    for text in warnings:
+        warn(text)
     return 0

@@ -1,4 +1,4 @@
-"""``sgpsam download [NAME]`` and ``sgpsam models``: fetch and list the known models.
+"""``sgpsam download [NAME]``: fetch a known model into the cache (``sgpsam models`` lists them).
 
 The download shows the model's licence and asks before fetching anything (``--yes`` accepts
 it non-interactively; without a terminal and without ``--yes`` it refuses). The file is
@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import models
-from .download import ConsentRequired, download_model
-from .errors import CheckpointError
+from .. import models
+from ..errors import CheckpointError
 
 __all__ = ["register"]
 
@@ -31,7 +29,7 @@ examples:
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Add the ``download`` and ``models`` sub-commands."""
+    """Add the ``download`` sub-command."""
     download = commands.add_parser(
         "download", parents=[common], help="download a model (shows its licence first)",
         description="Download a known model into the model cache, after showing its licence. "
@@ -56,18 +54,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                                "run resumes it (an altered file is always deleted)")
     download.add_argument("--timeout", type=float, default=30.0, metavar="S",
                           help="give up after S seconds without data (default: 30)")
-    download.set_defaults(handler=_download)
-
-    listing = commands.add_parser(
-        "models", parents=[common], help="list the known models, their licences and files",
-        description="List the known models: whether each is present, where, its source and "
-                    "its licence. Files without a verification record are reported as "
-                    "'unverified' unless --verify re-hashes them.")
-    listing.add_argument("--cache-dir", metavar="DIR",
-                         help="look in DIR instead of the cache folder")
-    listing.add_argument("--verify", action="store_true",
-                         help="re-compute the SHA-256 of downloaded files")
-    listing.set_defaults(handler=_models)
+    download.set_defaults(handler=_download, uses_itk=False)
 
 
 def _directory(args: argparse.Namespace) -> Path:
@@ -78,6 +65,8 @@ def _directory(args: argparse.Namespace) -> Path:
 
 def _ask(info: models.ModelInfo, dest: Path) -> bool:
     """Show the licence on stderr and ask y/N on a terminal; refuse without one."""
+    from ..download import ConsentRequired
+
     notice = f"{info.licence_text()}\nDestination: {dest}\n"
     if not sys.stdin or not sys.stdin.isatty():
         raise ConsentRequired(
@@ -111,6 +100,8 @@ def _progress_printer(name: str) -> Callable[[int, int | None], None]:
 
 
 def _download(args: argparse.Namespace) -> int:
+    from ..download import download_model
+
     start = time.perf_counter()
     info = models.KNOWN_MODELS.get(args.name)
     if info is None:
@@ -157,31 +148,3 @@ def _download(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
     print(json.dumps(record) if args.json else text)
-
-
-def _models(args: argparse.Namespace) -> int:
-    directory = _directory(args)
-    statuses = [models.model_status(name, verify=args.verify, directory=directory)
-                for name in models.KNOWN_MODELS]
-    if args.json:
-        print(json.dumps({"cache_dir": str(directory), "models": statuses}))
-        return 0
-    lines = [f"cache folder: {directory}"
-             + ("" if os.environ.get("SGPSAM_CACHE_DIR") or args.cache_dir
-                else " (set SGPSAM_CACHE_DIR to change)")]
-    for status in statuses:
-        size = models.format_size(status["approx_bytes"]) if status["approx_bytes"] else "-"
-        if status["present"]:
-            where = status["path"]
-        elif status["downloadable"]:
-            where = f"not downloaded: run `sgpsam download {status['name']}`"
-            if status["state"] == "corrupt":
-                where = (f"{status['expected_path']} fails its SHA-256: run "
-                         f"`sgpsam download {status['name']} --force`")
-        else:
-            where = f"not installed (expected {status['expected_path']})"
-        lines.append(f"{status['name']:<18} {status['state']:<11} {size:>8}  "
-                     f"{status['licence']:<11} {where}")
-        lines.append(f"{'':<18} {status['title']}; licence: {status['licence_url']}")
-    print("\n".join(lines))
-    return 0

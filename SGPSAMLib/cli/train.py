@@ -1,6 +1,7 @@
 """``sgpsam train``: fine-tune on a folder of annotated cases (SGP-SAM recipe or baselines).
 
-Torch is imported only when the command runs, so ``sgpsam --help`` stays fast.
+Torch is imported only when the command runs, so ``sgpsam --help`` stays fast. Ctrl-C and
+SIGTERM stop the run cleanly after the current step (:class:`SGPSAMLib.job.StopOnSignals`).
 """
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
+from ..job import ProgressLines, StopOnSignals, print_record
+
 __all__ = ["register"]
+
+
+def _note(text: str) -> None:
+    print(f"sgpsam: {text}", file=sys.stderr, flush=True)
 
 _EPILOG = """\
 modes:
@@ -30,7 +36,9 @@ examples:
   torchrun --nproc_per_node 4 -m SGPSAMLib train --data D --out runs/ddp --init turbo.pth
   sgpsam train --data D --out runs/sgp --resume        # continue a stopped run
 
-Stop with SIGTERM (or Ctrl-C in a terminal): the run saves last.pt and state.pt and exits 0.
+Stop with Ctrl-C or SIGTERM: the run finishes the current step, saves last.pt and state.pt
+and exits 0 (a second Ctrl-C aborts at once); --resume continues it. Without a terminal,
+progress is printed as plain lines (at most one per 30 s, plus each validation and save).
 """
 
 
@@ -124,51 +132,48 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _resolve_init(spec: str) -> str:
-    if Path(spec).is_file():
-        return spec
-    from . import models
+    from ..models import resolve_model
 
-    return str(models.resolve_model(spec))
+    return str(resolve_model(spec, option="--init"))
 
 
 def _printer(json_progress: bool):
-    """A progress callback: JSON lines, a tqdm bar on a terminal, or nothing."""
+    """(progress callback, close): JSON lines on stdout, else progress on stderr (a bar on a
+    terminal, plain lines in a log: at most one per 30 s, plus every validation and save)."""
     if json_progress:
-        def emit(record: dict) -> None:
-            sys.stdout.write(json.dumps(record) + "\n")
-            sys.stdout.flush()
-        return emit, lambda: None
-    if not sys.stderr.isatty():
-        return None, lambda: None
-    from tqdm import tqdm
-
-    bar = {"bar": None}
+        return print_record, lambda: None
+    state: dict = {"lines": None}
 
     def show(record: dict) -> None:
         event = record.get("event")
+        lines = state["lines"]
         if event == "start":
-            bar["bar"] = tqdm(total=record["total_steps"], initial=record["start_step"],
-                              unit="step", dynamic_ncols=True)
-        elif event == "progress" and bar["bar"] is not None:
-            b = bar["bar"]
-            b.update(record["step"] - b.n)
-            post = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
+            state["lines"] = ProgressLines(record["total_steps"], "step",
+                                           initial=record["start_step"])
+            state["lines"].write(f"training {record.get('mode', '')}: steps "
+                                 f"{record['start_step']}..{record['total_steps']} on "
+                                 f"{record.get('device', '?')} -> {record.get('out', '')}")
+        elif event == "progress" and lines is not None:
+            status = f"loss {record['loss']:.4f}, lr {record['lr']:.2e}"
+            validated = record.get("val_step") == record["step"]
             if record.get("val_dice") is not None:
-                post["val_dice"] = f"{record['val_dice']:.3f}"
-            b.set_postfix(post)
-        elif event == "checkpoint" and bar["bar"] is not None:
-            bar["bar"].write(f"saved {record['kind']}: {record['path']}")
+                status += f", val Dice {record['val_dice']:.3f}"
+            if record.get("eta_s") is not None and not lines.is_bar:
+                status += f", ETA {record['eta_s'] / 60:.1f} min"
+            lines.update(record["step"], status, force=validated)
+        elif event == "checkpoint" and lines is not None:
+            lines.write(f"saved {record['kind']}: {record['path']}")
 
     def close() -> None:
-        if bar["bar"] is not None:
-            bar["bar"].close()
+        if state["lines"] is not None:
+            state["lines"].close()
 
     return show, close
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .errors import SGPSAMError
-    from .training import TrainConfig, train
+    from ..errors import SGPSAMError
+    from ..training import TrainConfig, train
 
     emit, close = _printer(args.json_progress)
     try:
@@ -176,11 +181,11 @@ def _train(args: argparse.Namespace) -> int:
             args.init = _resolve_init(args.init)
         config = TrainConfig.from_args(args).replace(
             command=shlex.join(["sgpsam", *sys.argv[1:]]) if sys.argv else "sgpsam train")
-        result = train(config, progress=emit)
+        with StopOnSignals(notify=_note, what="the current step") as signals:
+            result = train(config, progress=emit, stop=signals.event)
     except (SGPSAMError, OSError) as exc:
         if args.json_progress:
-            sys.stdout.write(json.dumps({"event": "error", "message": str(exc)}) + "\n")
-            sys.stdout.flush()
+            print_record({"event": "error", "message": " ".join(str(exc).split())})
         raise
     finally:
         close()

@@ -1,24 +1,28 @@
 """``sgpsam batch``: segment a folder of volumes from seed points (markups files or a CSV).
 
-Progress goes to stderr as a tqdm bar, or, with ``--json-progress``, to stdout as one JSON
-object per line (events ``start``, ``progress``, ``case``, ``done``, ``error``) for a parent
-process such as Slicer's Batch tab. SIGTERM (and a first Ctrl-C) stops cleanly: the current
-case is abandoned without leaving files, the summary is written, ``done`` says
-``"stopped": true`` and the exit code is 0. Exit code 2: a usage or input error found before
-the first case. Failed cases do not change the exit code; they are rows of the summary.
+Progress goes to stderr (a bar on a terminal, plain lines in a log), or, with
+``--json-progress``, to stdout as one JSON object per line (events ``start``, ``progress``,
+``case``, ``done``, ``error``) for a parent process such as Slicer's Batch tab. Ctrl-C or
+SIGTERM stops cleanly: the current case is abandoned without leaving files, the summary is
+written, ``done`` says ``"stopped": true``; a second Ctrl-C aborts at once.
+
+Exit status: 0 every case ok or skipped (already done); 1 the run ended but a case failed, or
+no case had seeds (nothing was segmented); 2 a usage, input, model or output error (bad
+option, unreadable seeds CSV, a model that cannot be loaded, an unwritable --out), found before
+the first case is segmented where possible. The model is loaded once, when the first case needs
+it; the summary marks cases with warnings (an empty mask, a seed on background).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import SGPSAMError
+from ..errors import SGPSAMError
+from ..job import ProgressLines, StopOnSignals, print_record
+from .common import EXIT_FAILED, EXIT_OK
 
 __all__ = ["register"]
 
@@ -48,6 +52,11 @@ outputs and resuming:
   atomically. Run the same command again to resume: cases already done with the same image,
   seeds and model are skipped (status 'skipped'); --overwrite redoes them. Cases without seeds
   are reported as 'no_seeds', failing cases as 'failed' with the message; the run goes on.
+
+exit status:
+  0 every case ok or skipped; 1 a case failed, or no case had seeds; 2 a usage, input, model or
+  output error (nothing is segmented after it). Cases with an empty mask or a seed on
+  background are 'ok' with a warning (summary column 'warnings', a line on stderr).
 
 cluster job arrays:
   --shard i/n (0 <= i < n) processes cases i, i+n, i+2n, ... of the sorted case list, so n jobs
@@ -101,86 +110,58 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _print_json(record: dict) -> None:
-    sys.stdout.write(json.dumps(record) + "\n")
-    sys.stdout.flush()
+    print_record(record)
 
 
-class _StopHandlers:
-    """SIGTERM -> stop; first SIGINT -> stop (with a note), second -> KeyboardInterrupt."""
-
-    def __init__(self, event: threading.Event, notify: Callable[[str], None]) -> None:
-        self.event = event
-        self.notify = notify
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopHandlers:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_term)
-        self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_int)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def _on_term(self, signum: int, frame: object) -> None:
-        self.event.set()
-
-    def _on_int(self, signum: int, frame: object) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.event.set()
-        self.notify("stopping after the current lesion (the case is abandoned, nothing partial "
-                    "is written); press Ctrl-C again to abort at once")
-
-
-class _Bar:
-    """tqdm progress over cases on stderr (plain lines when tqdm is missing)."""
+class _CaseLines:
+    """Text-mode progress over cases on stderr (see :class:`SGPSAMLib.job.ProgressLines`):
+    one line per failed, seedless or warned case, and the progress."""
 
     def __init__(self) -> None:
-        self.bar = None
+        self.lines: ProgressLines | None = None
 
     def __call__(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "start":
-            try:
-                from tqdm import tqdm
-            except ImportError:  # pragma: no cover - tqdm is a dependency
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=event["total"], unit="case", file=sys.stderr,
-                                dynamic_ncols=True)
+            self.lines = ProgressLines(event["total"], "case")
             self.write(f"{event['total']} case(s) to process ({event['found']} found) -> "
                        f"{event['output']}")
-        elif kind == "progress" and self.bar is not None:
+        elif kind == "progress" and self.lines is not None:
             stage = event.get("stage", "")
             if stage == "segment" and event.get("lesions"):
                 stage = f"lesion {event['lesion']}/{event['lesions']}"
-            self.bar.set_description_str(f"{event['case']} {stage}".strip(), refresh=True)
+            self.lines.describe(f"{event['case']} {stage}".strip())
         elif kind == "case":
             if event["status"] == "failed":
                 self.write(f"{event['case']}: FAILED: {event['error']}")
             elif event["status"] == "no_seeds":
                 self.write(f"{event['case']}: no seeds: {event['error']}")
-            if self.bar is not None:
-                self.bar.update(1)
-                self.bar.set_postfix_str(event["status"])
+            for warning in event.get("warnings") or []:
+                self.write(f"{event['case']}: warning: {warning}")
+            if self.lines is not None:
+                self.lines.update(self.lines.done + 1, f"{event['case']} {event['status']}")
 
     def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
+        if self.lines is not None:
+            self.lines.write(text)
         else:
             print(text, file=sys.stderr)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.lines is not None:
+            self.lines.close()
+
+
+def exit_status(counts: dict[str, int]) -> int:
+    """0 all ok or skipped; 1 a case failed, or cases without seeds and none segmented."""
+    done = counts.get("ok", 0) + counts.get("skipped", 0)
+    if counts.get("failed", 0) or (counts.get("no_seeds", 0) and not done):
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from .batch import BatchConfig, parse_shard, run_batch
+    from ..batch import BatchConfig, parse_shard, run_batch
 
     shard = parse_shard(args.shard) if args.shard else None
     if args.max_windows < 1:
@@ -194,34 +175,33 @@ def _batch(args: argparse.Namespace) -> int:
         device=args.device, shard=shard, overwrite=args.overwrite, modality=args.modality,
         prompt_mode=args.prompt_mode, max_windows=args.max_windows,
         extend_at_border=args.max_windows > 1)
-    stop = threading.Event()
-    bar = None if args.json_progress else _Bar()
-    progress = _print_json if args.json_progress else bar
-
-    def notify(text: str) -> None:
-        if bar is not None:
-            bar.write(text)
-        else:
-            print(text, file=sys.stderr)
-
+    lines = None if args.json_progress else _CaseLines()
+    progress = _print_json if args.json_progress else lines
+    what = "the current lesion (the case is abandoned; nothing partial is written)"
     try:
-        with _StopHandlers(stop, notify):
-            summary = run_batch(config, progress=progress, stop=stop.is_set)
+        with StopOnSignals(notify=lines.write if lines else _note, what=what) as signals:
+            summary = run_batch(config, progress=progress, stop=signals.event.is_set)
     except (SGPSAMError, OSError) as exc:
         if args.json_progress:
             _print_json({"event": "error", "message": " ".join(str(exc).split())})
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        if lines is not None:
+            lines.close()
     done = summary.done_event()
     if args.json and not args.json_progress:
         print(json.dumps(done))
     elif not args.json_progress:
         counts = done["counts"]
+        warned = sum(1 for result in summary.results if result.warnings)
         state = "stopped" if summary.stopped else "done"
         print(f"{state}: {counts['ok']} ok, {counts['skipped']} skipped, "
               f"{counts['no_seeds']} without seeds, {counts['failed']} failed "
-              f"({len(summary.results)}/{summary.total} cases, {summary.seconds:.1f} s); "
-              f"summary: {summary.summary_csv}")
-    return 0
+              f"({len(summary.results)}/{summary.total} cases, {summary.seconds:.1f} s)"
+              + (f", {warned} with warnings" if warned else "")
+              + f"; summary: {summary.summary_csv}")
+    return exit_status(summary.counts)
+
+
+def _note(text: str) -> None:
+    print(f"sgpsam: {text}", file=sys.stderr, flush=True)
