@@ -45,14 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
     p.add_argument("--steps", type=int, default=40, help="steps to run (40)")
-    p.add_argument("--skip", type=int, default=5, help="warm-up steps left out (5)")
+    p.add_argument("--skip", type=int, help="warm-up steps left out (default 5, fewer when "
+                                            "--steps is smaller)")
     p.add_argument("--cases", type=int, default=8, help="synthetic training cases (8)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.steps <= args.skip:
-        p.error("--steps must be larger than --skip")
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    if args.skip is None:
+        args.skip = min(5, args.steps - 1)
+    if not 0 <= args.skip < args.steps:
+        p.error("--skip must be >= 0 and smaller than --steps")
     record: dict = {"benchmark": "train_step", "recipe": args.recipe,
                     "options": recipe(args.recipe), "load_before": _load()}
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as tmp:

@@ -82,13 +82,8 @@ step tests 240 "$python_bin" -m pytest -q -p no:cacheprovider Testing/lib/test_c
   Testing/lib/test_devices.py --junitxml="$work/tests.xml"
 step bench_encoder 90 "$python_bin" benchmarks/bench_encoder.py --device "$device" "${encoder[@]}"
 step bench_session 120 "$python_bin" benchmarks/bench_session.py --device "$device" "${session[@]}"
-if [ -f benchmarks/bench_train_step.py ]; then
-  step bench_train_step 120 "$python_bin" benchmarks/bench_train_step.py --device "$device" \
-    --steps "$train_steps"
-else
-  log "bench_train_step: benchmarks/bench_train_step.py does not exist yet; skipped"
-  echo "skipped: benchmarks/bench_train_step.py does not exist yet" > "$work/bench_train_step.skip"
-fi
+step bench_train_step 120 "$python_bin" benchmarks/bench_train_step.py --device "$device" \
+  --steps "$train_steps"
 
 "$python_bin" - "$work" "$device" "$dry_run" "$(( $(date +%s) - started ))" "$summary_file" <<'PY'
 import json, sys
