@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SGPSAMError
+from .stopfile import add_stop_file_option, stop_file_flag
 
 __all__ = ["register"]
 
@@ -97,6 +98,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-progress", action="store_true",
                         help="print one JSON object per line on stdout (start, progress, "
                              "case, done, error) instead of a progress bar")
+    add_stop_file_option(parser)
     parser.set_defaults(handler=_batch)
 
 
@@ -206,7 +208,8 @@ def _batch(args: argparse.Namespace) -> int:
 
     try:
         with _StopHandlers(stop, notify):
-            summary = run_batch(config, progress=progress, stop=stop.is_set)
+            summary = run_batch(config, progress=progress,
+                                stop=stop_file_flag(args.stop_file, stop.is_set))
     except (SGPSAMError, OSError) as exc:
         if args.json_progress:
             _print_json({"event": "error", "message": " ".join(str(exc).split())})

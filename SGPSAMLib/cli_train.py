@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .stopfile import add_stop_file_option, stop_file_flag
+
 __all__ = ["register"]
 
 _EPILOG = """\
@@ -30,7 +32,8 @@ examples:
   torchrun --nproc_per_node 4 -m SGPSAMLib train --data D --out runs/ddp --init turbo.pth
   sgpsam train --data D --out runs/sgp --resume        # continue a stopped run
 
-Stop with SIGTERM (or Ctrl-C in a terminal): the run saves last.pt and state.pt and exits 0.
+Stop with SIGTERM (or Ctrl-C in a terminal), or by creating the --stop-file: the run saves
+last.pt and state.pt and exits 0.
 """
 
 
@@ -103,6 +106,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--json-progress", action="store_true",
         help="print one JSON record per line on stdout (start, progress, checkpoint, done, "
              "error)")
+    add_stop_file_option(parser)
     parser.set_defaults(handler=_train)
 
 
@@ -159,7 +163,7 @@ def _train(args: argparse.Namespace) -> int:
             args.init = _resolve_init(args.init)
         config = TrainConfig.from_args(args).replace(
             command=shlex.join(["sgpsam", *sys.argv[1:]]) if sys.argv else "sgpsam train")
-        result = train(config, progress=emit)
+        result = train(config, progress=emit, stop=stop_file_flag(args.stop_file))
     except (SGPSAMError, OSError) as exc:
         if args.json_progress:
             sys.stdout.write(json.dumps({"event": "error", "message": str(exc)}) + "\n")
