@@ -18,15 +18,9 @@ from typing import Any, Callable
 
 from SGPSAMLib.errors import CheckpointError, SGPSAMError, VolumeIOError
 
-from .jobs import (
-    ChildJob,
-    JobState,
-    JobTab,
-    ProcessRunner,
-    SubprocessRunner,
-    child_environment,
-    python_executable,
-)
+from .child_job import STOP_FILE_OPTION, ChildJob, JobState, JobTab
+from .interpreter import child_environment, python_executable
+from .processes import ProcessRunner, SubprocessRunner
 
 __all__ = [
     "BatchParams",
@@ -239,7 +233,7 @@ class BatchTabLogic(JobTab):
         self.job = ChildJob(self.build_argv(valid), runner=self.runner,
                             env=self.env if self.env is not None else child_environment(),
                             title="Batch", on_event=self._on_event, on_log=self.on_log,
-                            on_state=self._on_state)
+                            on_state=self._on_state, stop_file_option=STOP_FILE_OPTION)
         self.job.start()
         return self.job
 
