@@ -433,11 +433,15 @@ class JobTab:
                 pump()
             sleep(0.05)
         self.poll()
-        if self.job.state.active:
-            logger.warning("%s did not stop within %.0f s; killing it", self.job.title, wait_s)
-            self.job.kill()
-            return False
-        return True
+        if not self.job.state.active:
+            return True
+        logger.warning("%s did not stop within %.0f s; killing it", self.job.title, wait_s)
+        self.job.kill()
+        deadline = time.monotonic() + 5.0  # a killed process is gone within moments
+        while self.job.state.active and time.monotonic() < deadline:
+            self.poll()
+            sleep(0.05)
+        return False
 
     def poll(self) -> bool:
         """Read new output; True when anything may have changed (refresh the tab)."""
