@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import qt
 import slicer
+from SGPSAMSlicerLib.batch_tab import TABLE_COLUMNS
 from SGPSAMSlicerLib.forms import SeedSource
 
 from .common import TITLE, LogicCalls, tr
 
-__all__ = ["BatchPanel", "TABLE_COLUMNS"]
-
-TABLE_COLUMNS = ("Case", "Status", "Lesions", "Volume (mL)", "Seconds", "Notes")
+__all__ = ["BatchPanel"]
 
 
 class BatchPanel:

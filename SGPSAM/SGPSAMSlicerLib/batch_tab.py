@@ -28,6 +28,7 @@ __all__ = [
     "BatchTabLogic",
     "OUTPUT_FORMATS",
     "SEED_MARKUPS",
+    "TABLE_COLUMNS",
     "BATCH_GRACE_S",
     "load_volume_file",
     "load_segmentation_file",
@@ -44,6 +45,8 @@ SEED_MARKUPS = "markups"
 MODALITIES = ("auto", "CT", "MR")
 # Statuses of a row: the child's (ok, skipped, no_seeds, failed) plus our "running".
 RESULT_STATUSES = ("ok", "skipped")
+#: The status table's column titles, in the order of ``CaseRow.cells()``.
+TABLE_COLUMNS = ("Case", "Status", "Lesions", "Volume (mL)", "Seconds", "Notes")
 
 
 @dataclass

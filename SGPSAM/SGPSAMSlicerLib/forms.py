@@ -35,7 +35,7 @@ class SeedSource(enum.Enum):
     CSV = "csv"
 
     def label(self) -> str:
-        return {"markups": "Markups file next to each volume (<case>.mrk.json)",
+        return {"markups": "Markups next to each volume (.mrk.json)",
                 "csv": "One CSV file"}[self.value]
 
 

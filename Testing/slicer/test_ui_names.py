@@ -176,3 +176,19 @@ def test_custom_widgets_are_declared(custom: str) -> None:
     used = {element.get("class") for element in root.iter("widget")}
     declared = {c.findtext("class") for c in root.iter("customwidget")}
     assert custom in used and custom in declared
+
+
+def test_shortcuts_avoid_slicers_own_keys_and_use_the_window_context() -> None:
+    """Issue 15: 's' snaps a hovered control point to the slice in Slicer's views, so the
+    module must not take it; window shortcuts (not ApplicationShortcut), made only when a main
+    window exists (the generic test runs with --no-main-window)."""
+    from SGPSAMSlicerLib.shortcuts import SHORTCUTS, SLICER_VIEW_KEYS, shortcuts_help  # noqa: PLC0415
+
+    assert not set(SHORTCUTS.values()) & SLICER_VIEW_KEYS
+    assert len(set(SHORTCUTS.values())) == len(SHORTCUTS)
+    assert "s" in SLICER_VIEW_KEYS and SHORTCUTS["negative"] != "s"
+    help_text = shortcuts_help()
+    assert all(key in help_text for key in SHORTCUTS.values()) and "Esc" not in help_text
+    source = (MODULE_DIR / "SGPSAMGui" / "segment_panel.py").read_text(encoding="utf-8")
+    assert "ApplicationShortcut" not in source and "setContext" not in source
+    assert "if mainWindow is None:\n            return" in source
