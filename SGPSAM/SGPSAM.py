@@ -257,7 +257,9 @@ class SGPSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _stopJobs(self) -> None:
         wait_s = SHUTDOWN_WAIT_S
-        if not self._quitting and not slicer.util.confirmYesNoDisplay(
+        mainWindow = slicer.util.mainWindow()
+        quitting = self._quitting or mainWindow is None or not mainWindow.isVisible()
+        if not quitting and not slicer.util.confirmYesNoDisplay(
                 _("A batch or training run is in progress. Let it save its checkpoint before "
                   "the module reloads (up to {seconds:.0f} s)? 'No' stops it at once.").format(
                     seconds=wait_s), windowTitle="SGP-SAM"):

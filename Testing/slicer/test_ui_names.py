@@ -192,3 +192,17 @@ def test_shortcuts_avoid_slicers_own_keys_and_use_the_window_context() -> None:
     source = (MODULE_DIR / "SGPSAMGui" / "segment_panel.py").read_text(encoding="utf-8")
     assert "ApplicationShortcut" not in source and "setContext" not in source
     assert "if mainWindow is None:\n            return" in source
+
+
+def test_reload_enables_the_shortcuts_of_a_shown_module() -> None:
+    """Issue 15, item 4: Developer > Reload calls setup() but not enter()
+    (qSlicerScriptedLoadableModuleWidget::reload), so setup() enables the shortcuts itself
+    when the module is shown; cleanup() disconnects the parameter node GUI."""
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    methods = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    setup = ast.unparse(methods["setup"])
+    assert "if self.parent.isEntered:\n        self.segment.setShortcutsEnabled(True)" in setup
+    cleanup = ast.unparse(methods["cleanup"])
+    for call in ("self.segment.cleanup()", "self._disconnectParameterNode()",
+                 "self.logic.releaseModel()", "self.removeObservers()"):
+        assert call in cleanup
