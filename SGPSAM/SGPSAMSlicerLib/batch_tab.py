@@ -18,15 +18,9 @@ from typing import Any, Callable
 
 from SGPSAMLib.errors import CheckpointError, SGPSAMError, VolumeIOError
 
-from .jobs import (
-    ChildJob,
-    JobState,
-    JobTab,
-    ProcessRunner,
-    SubprocessRunner,
-    child_environment,
-    python_executable,
-)
+from .child_job import STOP_FILE_OPTION, ChildJob, JobState, JobTab
+from .interpreter import child_environment, python_executable
+from .processes import ProcessRunner, SubprocessRunner
 
 __all__ = [
     "BatchParams",
@@ -34,6 +28,7 @@ __all__ = [
     "BatchTabLogic",
     "OUTPUT_FORMATS",
     "SEED_MARKUPS",
+    "TABLE_COLUMNS",
     "BATCH_GRACE_S",
     "load_volume_file",
     "load_segmentation_file",
@@ -50,6 +45,8 @@ SEED_MARKUPS = "markups"
 MODALITIES = ("auto", "CT", "MR")
 # Statuses of a row: the child's (ok, skipped, no_seeds, failed) plus our "running".
 RESULT_STATUSES = ("ok", "skipped")
+#: The status table's column titles, in the order of ``CaseRow.cells()``.
+TABLE_COLUMNS = ("Case", "Status", "Lesions", "Volume (mL)", "Seconds", "Notes")
 
 
 @dataclass
@@ -239,7 +236,7 @@ class BatchTabLogic(JobTab):
         self.job = ChildJob(self.build_argv(valid), runner=self.runner,
                             env=self.env if self.env is not None else child_environment(),
                             title="Batch", on_event=self._on_event, on_log=self.on_log,
-                            on_state=self._on_state)
+                            on_state=self._on_state, stop_file_option=STOP_FILE_OPTION)
         self.job.start()
         return self.job
 

@@ -29,7 +29,8 @@ from typing import Any, Optional
 from SGPSAMLib.errors import SGPSAMError
 
 __all__ = [
-    "Requirement", "REQUIREMENTS", "MissingDependency", "InstallPlan", "InstallResult",
+    "Requirement", "REQUIREMENTS", "ACTIONS", "requirements_for", "MissingDependency",
+    "InstallPlan", "InstallResult",
     "DependencyError", "check_dependencies", "plan_installation", "install_missing",
     "confirmation_text", "installed_version", "parse_version", "version_at_least",
     "UNKNOWN_VERSION",
@@ -75,6 +76,27 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("numpy", None, _VIA_SLICER, "NumPy", "numpy"),
     Requirement("tqdm", None, _VIA_PIP, "tqdm", "tqdm"),
 )
+
+
+#: What each action imports. Segment runs the model in Slicer's process (torch, numpy); Batch
+#: runs ``sgpsam batch`` (+ SimpleITK for the files; with ``--json-progress`` tqdm is never
+#: imported); Training runs ``sgpsam train`` (+ MONAI: losses and intensity augmentation).
+#: ``Testing/slicer/test_dependencies.py`` runs each action with the other packages blocked.
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "segment": ("torch", "numpy"),
+    "batch": ("torch", "numpy", "SimpleITK"),
+    "train": ("torch", "monai", "numpy", "SimpleITK"),
+}
+
+
+def requirements_for(action: str) -> tuple[Requirement, ...]:
+    """The requirements of one action ("segment", "batch" or "train"), in install order."""
+    try:
+        names = ACTIONS[action]
+    except KeyError:
+        raise ValueError(f"unknown action {action!r}; expected one of "
+                         f"{', '.join(ACTIONS)}") from None
+    return tuple(r for r in REQUIREMENTS if r.name in names)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ Heavy imports (torch, ``SGPSAMLib.session``) happen inside methods.
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -47,6 +48,10 @@ class SegmentLogic:
         self._session = None
         self.segmenter = None
         self.lastResult = None
+        #: Called with a reason when the session ends because its volume or segmentation was
+        #: removed from the scene (the Widget refreshes its buttons).
+        self.onSessionEnded: Callable[[str], None] | None = None
+        self._removalObservation: tuple[Any, int] | None = None
 
     # -- model -----------------------------------------------------------------------------
     def setModel(self, model: Any, description: str = "custom model",
@@ -134,10 +139,68 @@ class SegmentLogic:
         if self._session is None:
             raise SGPSAMError("no model loaded: choose a model and press Initialize")
         modality = modality or self.settings["modality"]
+        self._unobserveRemovals()
         self.segmenter = LesionSegmenter(self._session, volumeNode, segmentationNode,
                                          modality=modality)
+        self._observeRemovals(volumeNode.GetScene())
         self._sessionStarted(volumeNode, self.segmenter.segmentation_node)
         return self.segmenter.segmentation_node
+
+    def initialize(self, volumeNode: Any, segmentationNode: Any = None,
+                   status: Callable[[str], None] | None = None) -> tuple[str, float]:
+        """What the Initialize button does: load the model chosen in the settings, start the
+        session, prepare the first region and make a lesion active (the last existing segment,
+        else a new one). Returns (model description, seconds for the first region)."""
+        say = status or (lambda text: None)
+        say("Loading the model...")
+        description = self.loadModel()
+        say(f"Preparing the session on {volumeNode.GetName() if volumeNode else '?'}...")
+        segmentation = self.startSession(volumeNode, segmentationNode)
+        say("Computing the first region (image embedding)...")
+        seconds = self.prepare()
+        if self.activeLesion() is None:
+            segments = segmentation.GetSegmentation()
+            if segments.GetNumberOfSegments():  # continue the last existing segment
+                self.setActiveLesion(segments.GetNthSegmentID(segments.GetNumberOfSegments() - 1))
+            else:
+                self.addLesion()
+        return description, seconds
+
+    # -- the session's nodes leaving the scene ---------------------------------------------
+    def _observeRemovals(self, scene: Any) -> None:
+        import vtk  # noqa: PLC0415 - only where MRML exists
+        from vtkmodules.util.misc import calldata_type  # noqa: PLC0415
+
+        @calldata_type(vtk.VTK_OBJECT)
+        def removed(caller: Any, event: Any, node: Any) -> None:
+            self._nodeAboutToBeRemoved(node)
+
+        tag = scene.AddObserver(scene.NodeAboutToBeRemovedEvent, removed)
+        self._removalObservation = (scene, tag)
+
+    def _unobserveRemovals(self) -> None:
+        if self._removalObservation is not None:
+            scene, tag = self._removalObservation
+            scene.RemoveObserver(tag)
+            self._removalObservation = None
+
+    def _nodeAboutToBeRemoved(self, node: Any) -> None:
+        """The Data module (or a script) deletes the session's volume or segmentation: end
+        the session instead of writing into a detached node later."""
+        if self.segmenter is None or node is None:
+            return
+        if node is self.segmenter.volume_node:
+            what = "volume"
+        elif node is self.segmenter.segmentation_node:
+            what = "segmentation"
+        else:
+            return
+        reason = (f"The session's {what} {node.GetName()!r} was removed from the scene; "
+                  "choose a volume and press Initialize.")
+        log.info(reason)
+        self.endSession()
+        if self.onSessionEnded is not None:
+            self.onSessionEnded(reason)
 
     def _sessionStarted(self, volumeNode: Any, segmentationNode: Any) -> None:
         """Hook: the module records the nodes in its parameter node."""
@@ -211,6 +274,55 @@ class SegmentLogic:
             self.lastResult = result
         return result
 
+    # -- what the Widget shows ---------------------------------------------------------------
+    def sessionNodes(self) -> tuple[Any, Any]:
+        """(volume, segmentation) of the running session, or (None, None)."""
+        if self.segmenter is None:
+            return None, None
+        return self.segmenter.volume_node, self.segmenter.segmentation_node
+
+    def lesions(self) -> list[tuple[str, str]]:
+        """(segment ID, name) of every segment of the session's segmentation, in order."""
+        if self.segmenter is None:
+            return []
+        segmentation = self.segmenter.segmentation_node.GetSegmentation()
+        return [(segmentation.GetNthSegmentID(n), segmentation.GetNthSegment(n).GetName())
+                for n in range(segmentation.GetNumberOfSegments())]
+
+    def markupsNodes(self) -> list:
+        """Every point list of the session's lesions (for observers)."""
+        return [] if self.segmenter is None else self.segmenter.markups_nodes()
+
+    def lesionOfMarkups(self, markupsNode: Any) -> str | None:
+        """The segment ID a point list belongs to (None for other nodes)."""
+        return None if self.segmenter is None else self.segmenter.lesion_of_markups(markupsNode)
+
+    def pointsChanged(self, markupsNode: Any = None) -> bool:
+        """Whether the lesion of ``markupsNode`` (default: the active one) has point edits the
+        segment does not show yet; False for preview points. Cheap: no model runs."""
+        if self.segmenter is None:
+            return False
+        segmentId = None if markupsNode is None else self.lesionOfMarkups(markupsNode)
+        if markupsNode is not None and segmentId is None:
+            return False
+        return self.segmenter.points_changed(segmentId)
+
     def endSession(self) -> None:
         """Stop the session (segments and point lists stay in the scene)."""
+        self._unobserveRemovals()
         self.segmenter = None
+
+    def releaseModel(self) -> None:
+        """End the session and free the model (and its GPU memory), e.g. on module reload."""
+        self.endSession()
+        self._session = None
+        self.model = None
+        self.modelDescription = ""
+        self._modelKey = None
+        self.lastResult = None
+        import gc  # noqa: PLC0415
+
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -56,6 +56,7 @@ from .mrml_geometry import (
     vtk_from_matrix,
     world_to_volume_ras,
 )
+from .mrml_nodes import nodes_by_class
 
 __all__ = [
     "LesionSegmenter", "Lesion", "PointRecord", "ClickResult", "LESION_TERMINOLOGY",
@@ -65,11 +66,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: DICOM/SNOMED-CT "Morphologically altered structure / Lesion", serialised the way Slicer's
-#: terminology selector stores it in a segment's ``TerminologyEntry`` tag.
+#: SNOMED-CT "Morphologically Altered Structure / Mass" of the terminology context Slicer ships
+#: and selects by default ("3D Slicer General Anatomy list"; the DICOM master list has the same
+#: codes), serialised as Slicer's terminology selector stores it in a segment's
+#: ``TerminologyEntry`` tag. ("Lesion", SCT 52988006, is in no context Slicer ships, so the
+#: selector could not show it.)
 LESION_TERMINOLOGY = (
     "Segmentation category and type - 3D Slicer General Anatomy list"
-    "~SCT^49755003^Morphologically Altered Structure~SCT^52988006^Lesion~^^"
+    "~SCT^49755003^Morphologically Altered Structure~SCT^4147007^Mass~^^"
     "~Anatomic codes - DICOM master list~^^~^^"
 )
 #: Colours of lesions 1, 2, ... (cycled): distinct from each other and from the point colours.
@@ -366,9 +370,7 @@ class LesionSegmenter:
     def _existing_markups_nodes(self, segment_id: str) -> dict[str, Any] | None:
         """Point lists made earlier for this segment of this segmentation (a saved scene)."""
         found: dict[str, Any] = {}
-        nodes = self.scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode")
-        for index in range(nodes.GetNumberOfItems()):
-            node = nodes.GetItemAsObject(index)
+        for node in nodes_by_class(self.scene, "vtkMRMLMarkupsFiducialNode"):
             role = node.GetAttribute(ROLE_ATTRIBUTE)
             if role in ROLES and role not in found and \
                     node.GetAttribute(SEGMENT_ATTRIBUTE) == segment_id and \
@@ -526,15 +528,9 @@ class LesionSegmenter:
                              np.asarray(world_ras, dtype=np.float64))
         return self._apply(lesion, [*lesion.points, record], "add")
 
-    def sync_points(self) -> ClickResult | None:
-        """Bring the segment in line with the active lesion's point lists (after user edits).
-
-        Returns None when the lists hold the points already known (e.g. a point still being
-        placed, or our own edits).
-        """
-        if self._updating_markups:
-            return None
-        lesion = self._require_active()
+    def _point_changes(self, lesion: Lesion) -> tuple[list[PointRecord], str] | None:
+        """(new point list, kind of change) when the lesion's lists differ from the points
+        it knows; None when they hold the same points (preview points do not count)."""
         current = self.current_points(lesion)
         known = {(p.role, p.point_id): p for p in lesion.points}
         now = {(p.role, p.point_id): p for p in current}
@@ -551,12 +547,37 @@ class LesionSegmenter:
         removed = len(kept) < len(lesion.points)
         if not added and not removed and not moved:
             return None
-        points = kept + added
         if added and not removed and not moved and len(added) == 1:
             kind = "add"
         else:
             kind = "move" if moved and not removed and not added else (
                 "delete" if removed and not moved and not added else "replay")
+        return kept + added, kind
+
+    def points_changed(self, segment_id: str | None = None) -> bool:
+        """Whether a lesion's point lists (default: the active one) differ from what the
+        segment shows: cheap, no model. False for preview points (a point that follows the
+        mouse while placing), for our own edits and for unknown segments."""
+        if self._updating_markups:
+            return False
+        lesion = self.lesions.get(segment_id) if segment_id is not None else self.active
+        if lesion is None or not self._nodes_alive(lesion):
+            return False
+        return self._point_changes(lesion) is not None
+
+    def sync_points(self) -> ClickResult | None:
+        """Bring the segment in line with the active lesion's point lists (after user edits).
+
+        Returns None when the lists hold the points already known (e.g. a point still being
+        placed, or our own edits).
+        """
+        if self._updating_markups:
+            return None
+        lesion = self._require_active()
+        changes = self._point_changes(lesion)
+        if changes is None:
+            return None
+        points, kind = changes
         return self._apply(lesion, points, kind)
 
     def reset(self) -> ClickResult | None:

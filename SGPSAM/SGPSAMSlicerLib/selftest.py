@@ -21,6 +21,7 @@ at known RAS centres and returns the exact label.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import unittest
 from dataclasses import dataclass
@@ -30,7 +31,21 @@ from typing import Any
 import numpy as np
 
 __all__ = ["make_oracle_model", "make_phantom", "Phantom", "dice", "oblique_ijk_to_ras",
-           "SelfTestCases", "ORACLE_MIN_DICE", "DEMO_MIN_DICE"]
+           "SelfTestCases", "ORACLE_MIN_DICE", "DEMO_MIN_DICE", "torch_missing_reason"]
+
+
+def torch_missing_reason() -> str:
+    """Why the self-test cannot run ("" when it can): PyTorch is not installed, the normal
+    state of a fresh Slicer and of an extension build machine (the PyTorch extension installs
+    PyTorch Utils, not torch). Checked without importing torch."""
+    try:
+        found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return ""
+    return ("PyTorch is not installed: install it from the SGP-SAM module (Initialize asks) or "
+            "the PyTorch Utils module, then run the self-test again")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -37,6 +37,8 @@ from SGPSAMLib.errors import SGPSAMError, VolumeError
 from SGPSAMLib.geometry import Volume
 from SGPSAMLib.io import atomic_write, write_labelmap, write_volume
 
+from .mrml_nodes import nodes_by_class
+
 __all__ = [
     "AnnotatedPair",
     "ExportedCase",
@@ -126,10 +128,7 @@ def find_annotated_pairs(scene: Any) -> list[AnnotatedPair]:
     it has at least one non-empty segment.
     """
     pairs: list[AnnotatedPair] = []
-    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
-    nodes.UnRegister(scene)  # the scene hands over a new collection (as slicer.util does)
-    for index in range(nodes.GetNumberOfItems()):
-        segmentation = nodes.GetItemAsObject(index)
+    for segmentation in nodes_by_class(scene, "vtkMRMLSegmentationNode"):
         role = segmentation.GetReferenceImageGeometryReferenceRole()
         volume = segmentation.GetNodeReference(role)
         if not _is_scalar_image_volume(volume):

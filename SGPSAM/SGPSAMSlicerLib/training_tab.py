@@ -5,8 +5,8 @@ activation rates, checkpoints, the resulting model).
 The child is ``python -m SGPSAMLib train --data DIR --out DIR --mode sgp|finetune
 [--init CKPT] [--preset P] --epochs N|--steps N --lr X --device D --json-progress``
 (``SGPSAMLib/cli/train.py``). Training runs out of process so that a crash or an out-of-memory
-kill cannot take Slicer down; Stop sends SIGTERM and the child saves ``last.pt`` and
-``state.pt`` before it exits (``resume=True`` continues such a run).
+kill cannot take Slicer down; Stop creates the job's stop file (``--stop-file``) and the child
+saves ``last.pt`` and ``state.pt`` before it exits (``resume=True`` continues such a run).
 """
 from __future__ import annotations
 
@@ -20,16 +20,9 @@ from typing import Any, Callable
 from SGPSAMLib.errors import SGPSAMError
 
 from .batch_tab import _writable_folder, resolve_model_field
-from .jobs import (
-    ChildJob,
-    JobState,
-    JobTab,
-    ProcessRunner,
-    SubprocessRunner,
-    child_environment,
-    finite_number,
-    python_executable,
-)
+from .child_job import STOP_FILE_OPTION, ChildJob, JobState, JobTab, finite_number
+from .interpreter import child_environment, python_executable
+from .processes import ProcessRunner, SubprocessRunner
 
 __all__ = [
     "TrainingParams",
@@ -278,7 +271,7 @@ class TrainingTabLogic(JobTab):
         self.job = ChildJob(self.build_argv(valid), runner=self.runner,
                             env=self.env if self.env is not None else child_environment(),
                             title="Training", on_event=self._on_event, on_log=self.on_log,
-                            on_state=self._on_state)
+                            on_state=self._on_state, stop_file_option=STOP_FILE_OPTION)
         self.job.start()
         return self.job
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import SGPSAMError
 from ..job import ProgressLines, StopOnSignals, print_record
+from ..stopfile import add_stop_file_option, stop_file_flag
 from .common import EXIT_FAILED, EXIT_OK
 
 __all__ = ["register"]
@@ -106,6 +107,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-progress", action="store_true",
                         help="print one JSON object per line on stdout (start, progress, "
                              "case, done, error) instead of a progress bar")
+    add_stop_file_option(parser)
     parser.set_defaults(handler=_batch)
 
 
@@ -180,7 +182,8 @@ def _batch(args: argparse.Namespace) -> int:
     what = "the current lesion (the case is abandoned; nothing partial is written)"
     try:
         with StopOnSignals(notify=lines.write if lines else _note, what=what) as signals:
-            summary = run_batch(config, progress=progress, stop=signals.event.is_set)
+            stop = stop_file_flag(args.stop_file, signals.event.is_set)
+            summary = run_batch(config, progress=progress, stop=stop)
     except (SGPSAMError, OSError) as exc:
         if args.json_progress:
             _print_json({"event": "error", "message": " ".join(str(exc).split())})

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ..job import ProgressLines, StopOnSignals, print_record
+from ..stopfile import add_stop_file_option, stop_file_flag
 
 __all__ = ["register"]
 
@@ -36,9 +37,10 @@ examples:
   torchrun --nproc_per_node 4 -m SGPSAMLib train --data D --out runs/ddp --init turbo.pth
   sgpsam train --data D --out runs/sgp --resume        # continue a stopped run
 
-Stop with Ctrl-C or SIGTERM: the run finishes the current step, saves last.pt and state.pt
-and exits 0 (a second Ctrl-C aborts at once); --resume continues it. Without a terminal,
-progress is printed as plain lines (at most one per 30 s, plus each validation and save).
+Stop with Ctrl-C or SIGTERM, or by creating the --stop-file: the run finishes the current
+step, saves last.pt and state.pt and exits 0 (a second Ctrl-C aborts at once); --resume
+continues it. Without a terminal, progress is printed as plain lines (at most one per 30 s,
+plus each validation and save).
 """
 
 
@@ -128,6 +130,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--json-progress", action="store_true",
         help="print one JSON record per line on stdout (start, progress, checkpoint, done, "
              "error)")
+    add_stop_file_option(parser)
     parser.set_defaults(handler=_train)
 
 
@@ -182,7 +185,8 @@ def _train(args: argparse.Namespace) -> int:
         config = TrainConfig.from_args(args).replace(
             command=shlex.join(["sgpsam", *sys.argv[1:]]) if sys.argv else "sgpsam train")
         with StopOnSignals(notify=_note, what="the current step") as signals:
-            result = train(config, progress=emit, stop=signals.event)
+            stop = stop_file_flag(args.stop_file, signals.event.is_set)
+            result = train(config, progress=emit, stop=stop)
     except (SGPSAMError, OSError) as exc:
         if args.json_progress:
             print_record({"event": "error", "message": " ".join(str(exc).split())})

@@ -628,6 +628,32 @@ def test_cli_sigterm_stops_cleanly(tmp_path: Path, oracle_loader: list,
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["stopped"] is True
 
 
+def test_cli_stop_file_stops_like_sigterm(tmp_path: Path, oracle_loader: list,
+                                          capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--stop-file: what Slicer's Stop uses on every platform (no signal needed)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        _one_lesion_case(folder, name)
+    stop_file = tmp_path / "stop"
+    original = cli_batch._print_json
+
+    def print_and_request_stop(record: dict) -> None:
+        original(record)
+        if record["event"] == "case":
+            stop_file.touch()
+
+    monkeypatch.setattr(cli_batch, "_print_json", print_and_request_stop)
+    code = main(["batch", str(folder), "--model", str(_checkpoint_file(tmp_path)), "--out",
+                 str(tmp_path / "out"), "--device", "cpu", "--json-progress",
+                 "--stop-file", str(stop_file)])
+    assert code == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[-1]["event"] == "done" and records[-1]["stopped"] is True
+    assert [r["case"] for r in records if r["event"] == "case"] == ["a"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--shard", "3/3"], "shard index must satisfy"),
     (["--seeds", "absent.csv"], "--seeds absent.csv: no such file"),

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from replay import ReplayRunner
 from SGPSAMSlicerLib.batch_tab import OUTPUT_FORMATS, BatchParams, BatchTabLogic, CaseRow
-from SGPSAMSlicerLib.jobs import JobState, ReplayRunner
+from SGPSAMSlicerLib.child_job import JobState
 
 from SGPSAMLib.cli import batch as cli_batch
 from SGPSAMLib.errors import SGPSAMError, VolumeIOError

@@ -194,3 +194,96 @@ def test_real_metadata_lookup_in_this_environment() -> None:
     assert installed_version(ghost) is None
     assert check_dependencies([ghost]) == [
         MissingDependency("sgpsam-no-such-package", "any version", None, "pip", "Ghost")]
+
+
+# ----------------------------------------------------------------------------------------------
+# Per action (issue 15, item 13): each action checks what it imports, and only that.
+
+def test_each_action_checks_only_what_it_needs() -> None:
+    from SGPSAMSlicerLib.dependencies import ACTIONS, requirements_for
+
+    fresh = {"torch": "2.4.1", "SimpleITK": "2.4.0", "numpy": "1.26.4"}  # no monai, no tqdm
+    assert check_dependencies(requirements_for("segment"), fresh.get) == []
+    assert check_dependencies(requirements_for("batch"), fresh.get) == []
+    assert [p.name for p in check_dependencies(requirements_for("train"), fresh.get)] == [
+        "monai"]
+    no_torch = {"SimpleITK": "2.4.0", "numpy": "1.26.4"}
+    for action in ACTIONS:
+        assert [p.name for p in check_dependencies(requirements_for(action),
+                                                   no_torch.get)][:1] == ["torch"]
+    with pytest.raises(ValueError, match="unknown action 'paint'"):
+        requirements_for("paint")
+
+
+_BLOCKED_RUN = '''
+import importlib.abc, json, sys
+BLOCKED = set(sys.argv[1].split(","))
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+action, folder = sys.argv[2], sys.argv[3]
+import numpy as np
+if action == "segment":
+    from SGPSAMLib.build import build_model
+    from SGPSAMLib.geometry import Volume
+    from SGPSAMLib.session import InteractiveSession
+    session = InteractiveSession(build_model("tiny", image_size=64), device="cpu")
+    rng = np.random.default_rng(0)
+    session.set_volume(Volume(rng.normal(100, 10, (24, 24, 24)).astype(np.float32), np.eye(4)))
+    prediction = session.add_point((12.0, 12.0, 12.0))
+    print(json.dumps({"voxels": int(prediction.mask.sum())}))
+elif action == "batch":
+    from SGPSAMLib.cli import main
+    sys.exit(main(["batch", folder + "/in", "--model", folder + "/tiny.pt", "--out",
+                   folder + "/out", "--device", "cpu", "--json-progress"]))
+else:
+    import SGPSAMLib.training.trainer  # noqa: F401
+'''
+
+
+def _run_blocked(tmp_path, action: str, blocked: str):
+    import subprocess  # noqa: PLC0415
+
+    from SGPSAMSlicerLib.interpreter import child_environment  # noqa: PLC0415
+
+    return subprocess.run([sys.executable, "-c", _BLOCKED_RUN, blocked, action, str(tmp_path)],
+                          capture_output=True, text=True, env=child_environment(), timeout=300)
+
+
+def test_segment_and_batch_run_without_monai_and_tqdm(tmp_path) -> None:
+    """The subsets are enough: inference and ``sgpsam batch --json-progress`` never import
+    MONAI or tqdm, while training cannot do without MONAI."""
+    pytest.importorskip("torch")
+    import json  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from SGPSAMLib.build import build_model, save_checkpoint  # noqa: PLC0415
+    from SGPSAMLib.geometry import Volume  # noqa: PLC0415
+    from SGPSAMLib.io import write_volume  # noqa: PLC0415
+
+    done = _run_blocked(tmp_path, "segment", "monai,tqdm")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["voxels"] >= 0
+
+    (tmp_path / "in").mkdir()
+    save_checkpoint(build_model("tiny", image_size=64), tmp_path / "tiny.pt")
+    rng = np.random.default_rng(1)
+    volume = Volume(rng.normal(100, 10, (24, 24, 24)).astype(np.float32), np.eye(4), "case")
+    write_volume(volume, tmp_path / "in" / "case.nii.gz")
+    (tmp_path / "in" / "case.mrk.json").write_text(json.dumps({"markups": [{
+        "type": "Fiducial", "name": "lesion", "coordinateSystem": "RAS", "controlPoints": [
+            {"id": "1", "label": "F-1", "position": [12.0, 12.0, 12.0],
+             "positionStatus": "defined"}]}]}), encoding="utf-8")
+    done = _run_blocked(tmp_path, "batch", "monai,tqdm")
+    assert done.returncode == 0, done.stderr
+    cases = [json.loads(line) for line in done.stdout.splitlines() if '"case"' in line]
+    assert [(c["case"], c["status"]) for c in cases if c["event"] == "case"] == [("case", "ok")]
+
+    done = _run_blocked(tmp_path, "train", "monai")
+    assert done.returncode != 0 and "monai" in done.stderr

@@ -8,17 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from SGPSAMSlicerLib.jobs import (
-    ChildJob,
-    JobState,
-    ReplayRunner,
-    SubprocessRunner,
-    child_environment,
-    format_duration,
-    library_root,
-    progress_fraction,
-    python_executable,
-)
+from replay import ReplayRunner
+from SGPSAMSlicerLib.child_job import ChildJob, JobState, format_duration, progress_fraction
+from SGPSAMSlicerLib.interpreter import child_environment, library_root, python_executable
+from SGPSAMSlicerLib.processes import SubprocessRunner
 
 
 class FakeClock:
@@ -196,18 +189,40 @@ def test_progress_fraction_and_duration_formatting() -> None:
         "0 s", "42 s", "1 min 00 s", "3 min 05 s", "1 h 02 min", "", ""]
 
 
-def test_python_executable_prefers_pythonslicer_inside_slicer(tmp_path: Path) -> None:
+def test_python_executable_is_python_real_inside_slicer(tmp_path: Path) -> None:
+    """Issue 15: never the PythonSlicer launcher when Slicer's real interpreter exists."""
+    exe = ".exe" if os.name == "nt" else ""
     assert python_executable(inside_slicer=False) == sys.executable
     assert python_executable(inside_slicer=True, which=lambda name: f"/opt/bin/{name}") == \
-        "/opt/bin/PythonSlicer"
-    app = tmp_path / ("SlicerApp-real.exe" if os.name == "nt" else "SlicerApp-real")
-    sibling = tmp_path / ("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
-    sibling.write_text("")
+        "/opt/bin/python-real"
+    # Inside Slicer sys.executable is PythonSlicer; python-real sits beside it.
+    bin_dir = tmp_path / "Slicer" / "bin"
+    bin_dir.mkdir(parents=True)
+    launcher = bin_dir / f"PythonSlicer{exe}"
+    real = bin_dir / f"python-real{exe}"
+    launcher.write_text("")
+    real.write_text("")
     assert python_executable(inside_slicer=True, which=lambda name: None,
-                             executable=str(app)) == str(sibling)
-    sibling.unlink()
+                             executable=str(launcher)) == str(real)
+    # macOS: Slicer.app/Contents is slicerHome and python-real is in Contents/bin.
+    contents = tmp_path / "Slicer.app" / "Contents"
+    (contents / "bin").mkdir(parents=True)
+    (contents / "bin" / f"python-real{exe}").write_text("")
+    mac_real = contents / "bin" / f"python-real{exe}"
     assert python_executable(inside_slicer=True, which=lambda name: None,
-                             executable=str(app)) == str(app)
+                             executable=str(tmp_path / "elsewhere" / "SlicerApp-real"),
+                             slicer_home=str(contents)) == str(mac_real)
+    # Only when no python-real exists: the launcher (found on PATH, or beside the app).
+    real.unlink()
+    assert python_executable(inside_slicer=True, which=lambda name: None,
+                             executable=str(launcher), slicer_home="") == str(launcher)
+    assert python_executable(inside_slicer=True, which=lambda name: {
+        "PythonSlicer": "/opt/bin/PythonSlicer"}.get(name), executable=str(launcher),
+        slicer_home="") == "/opt/bin/PythonSlicer"
+    launcher.unlink()
+    app = bin_dir / f"SlicerApp-real{exe}"
+    assert python_executable(inside_slicer=True, which=lambda name: None,
+                             executable=str(app), slicer_home="") == str(app)
     assert python_executable() == sys.executable  # slicer-core or nothing: not the app
 
 

@@ -7,6 +7,7 @@ the module file loads without touching the GUI.
 """
 from __future__ import annotations
 
+import sys
 import unittest
 
 import pytest
@@ -55,3 +56,34 @@ def test_self_test_can_fail(module, monkeypatch) -> None:
     result = unittest.TestResult()
     case.run(result)
     assert not result.wasSuccessful()
+
+
+def _without_torch(monkeypatch) -> None:
+    """As in a fresh Slicer: torch cannot be imported (find_spec finds nothing)."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+
+
+def test_self_test_skips_with_a_reason_without_torch(module, monkeypatch) -> None:
+    """Issue 15, item 3: ctest -R py_SGPSAM (unittest's loader) and Reload and Test (runTest)
+    report 'skipped' with the reason instead of failing."""
+    _without_torch(monkeypatch)
+    suite = unittest.TestLoader().loadTestsFromTestCase(module.SGPSAMTest)
+    assert suite.countTestCases() == 3
+    result = unittest.TestResult()
+    suite.run(result)
+    assert result.wasSuccessful() and result.errors == [] and result.failures == []
+    assert len(result.skipped) == 3
+    assert all("PyTorch is not installed" in reason for _, reason in result.skipped)
+
+    shown = []
+    case = module.SGPSAMTest("runTest")
+    monkeypatch.setattr(case, "delayDisplay", lambda message, *a, **k: shown.append(message))
+    case.runTest()  # what Reload and Test calls: no exception
+    assert [m.split(" skipped:")[0] for m in shown] == list(module.SGPSAMTest.TEST_NAMES)
+
+
+def test_module_lists_the_modules_it_uses(module) -> None:
+    parent = type("Parent", (), {})()
+    module.SGPSAM(parent)
+    assert parent.dependencies == ["Markups", "Segmentations", "Plots"]
+    assert "Esc" not in parent.helpText and "right-click or double-click" in parent.helpText

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from SGPSAMSlicerLib.jobs import ReplayRunner
+from replay import ReplayRunner
 from SGPSAMSlicerLib.training_plot import CHART_NAME, TrainingPlot
 from SGPSAMSlicerLib.training_tab import TrainingParams, TrainingTabLogic
 

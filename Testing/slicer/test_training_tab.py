@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from SGPSAMSlicerLib.jobs import JobState, ReplayRunner
+from replay import ReplayRunner
+from SGPSAMSlicerLib.child_job import JobState
 from SGPSAMSlicerLib.training_tab import PRESETS, TrainingParams, TrainingTabLogic
 
 from SGPSAMLib.cli import train as cli_train
@@ -66,7 +67,7 @@ def test_argv_is_accepted_by_the_train_command(form: TrainingParams, tmp_path: P
 
 def test_default_runner_waits_long_enough_for_a_step() -> None:
     from SGPSAMSlicerLib.batch_tab import BATCH_GRACE_S, BatchTabLogic
-    from SGPSAMSlicerLib.jobs import SubprocessRunner
+    from SGPSAMSlicerLib.processes import SubprocessRunner
     from SGPSAMSlicerLib.training_tab import TRAIN_GRACE_S
 
     for logic, grace in ((TrainingTabLogic(), TRAIN_GRACE_S), (BatchTabLogic(), BATCH_GRACE_S),

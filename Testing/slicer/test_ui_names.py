@@ -17,6 +17,8 @@ import pytest
 MODULE_DIR = Path(__file__).resolve().parents[2] / "SGPSAM"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SGPSAM.ui"
 MODULE_FILE = MODULE_DIR / "SGPSAM.py"
+# The Widget and its panels (one file per tab): every file that reaches ``ui.<name>``.
+WIDGET_FILES = [MODULE_FILE, *sorted((MODULE_DIR / "SGPSAMGui").glob("*.py"))]
 
 # Name suffix -> classes a widget with that name may have.
 SUFFIX_CLASSES = {
@@ -72,7 +74,7 @@ def _widgets(root: ET.Element) -> dict[str, ET.Element]:
 
 def _used_names() -> dict[str, set[str]]:
     """ui widget name -> attributes used on it, from ``self.ui.X.attr`` / ``ui.X.attr``."""
-    source = MODULE_FILE.read_text(encoding="utf-8")
+    source = "\n".join(path.read_text(encoding="utf-8") for path in WIDGET_FILES)
     used: dict[str, set[str]] = {}
     for match in re.finditer(r"\b(?:self\.)?ui\.(\w+)(?:\.(\w+))?", source):
         name, attribute = match.group(1), match.group(2)
@@ -130,19 +132,28 @@ def test_every_widget_the_code_uses_exists_with_a_fitting_class() -> None:
 
 
 def test_parameter_names_match_the_parameter_node() -> None:
+    """The session nodes and (issue 16) every field of the Batch and Training forms are bound,
+    so a saved scene keeps them."""
+    from SGPSAMSlicerLib.forms import FORMS  # noqa: PLC0415 - Qt-free
+
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     fields = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "SGPSAMParameterNode":
             fields = {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
-    assert fields == {"inputVolume", "segmentation"}
+    assert fields == {"inputVolume", "segmentation", *FORMS}
     bound = {}
     for element in _ui_tree().iter("widget"):
         for prop in element.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 assert prop.get("stdset") == "0", "dynamic properties need stdset=0"
                 bound[prop.findtext("string")] = element.get("class")
-    assert bound == {"inputVolume": "qMRMLNodeComboBox", "segmentation": "qMRMLNodeComboBox"}
+    expected = {"inputVolume": "qMRMLNodeComboBox", "segmentation": "qMRMLNodeComboBox"}
+    widgets = _widgets(_ui_tree())
+    for pack, form in FORMS.items():
+        for field in form:
+            expected[f"{pack}.{field.name}"] = widgets[field.widget].get("class")
+    assert bound == expected
 
 
 def test_node_selectors_get_the_scene_and_accept_the_right_nodes() -> None:
@@ -165,3 +176,33 @@ def test_custom_widgets_are_declared(custom: str) -> None:
     used = {element.get("class") for element in root.iter("widget")}
     declared = {c.findtext("class") for c in root.iter("customwidget")}
     assert custom in used and custom in declared
+
+
+def test_shortcuts_avoid_slicers_own_keys_and_use_the_window_context() -> None:
+    """Issue 15: 's' snaps a hovered control point to the slice in Slicer's views, so the
+    module must not take it; window shortcuts (not ApplicationShortcut), made only when a main
+    window exists (the generic test runs with --no-main-window)."""
+    from SGPSAMSlicerLib.shortcuts import SHORTCUTS, SLICER_VIEW_KEYS, shortcuts_help  # noqa: PLC0415
+
+    assert not set(SHORTCUTS.values()) & SLICER_VIEW_KEYS
+    assert len(set(SHORTCUTS.values())) == len(SHORTCUTS)
+    assert "s" in SLICER_VIEW_KEYS and SHORTCUTS["negative"] != "s"
+    help_text = shortcuts_help()
+    assert all(key in help_text for key in SHORTCUTS.values()) and "Esc" not in help_text
+    source = (MODULE_DIR / "SGPSAMGui" / "segment_panel.py").read_text(encoding="utf-8")
+    assert "ApplicationShortcut" not in source and "setContext" not in source
+    assert "if mainWindow is None:\n            return" in source
+
+
+def test_reload_enables_the_shortcuts_of_a_shown_module() -> None:
+    """Issue 15, item 4: Developer > Reload calls setup() but not enter()
+    (qSlicerScriptedLoadableModuleWidget::reload), so setup() enables the shortcuts itself
+    when the module is shown; cleanup() disconnects the parameter node GUI."""
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    methods = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    setup = ast.unparse(methods["setup"])
+    assert "if self.parent.isEntered:\n        self.segment.setShortcutsEnabled(True)" in setup
+    cleanup = ast.unparse(methods["cleanup"])
+    for call in ("self.segment.cleanup()", "self._disconnectParameterNode()",
+                 "self.logic.releaseModel()", "self.removeObservers()"):
+        assert call in cleanup
