@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import SGPSAMError
 from ..job import ProgressLines, StopOnSignals, json_safe, print_record
+from .common import one_line, warn
 
 __all__ = ["register"]
 
@@ -26,7 +27,9 @@ protocol (per lesion = connected component of the target labels, or a whole labe
 at the most interior voxel of the largest error region (false negative -> positive, false
 positive -> negative). Other lesions' voxels are ignored. Reported: Dice after each click,
 Dice-AUC (mean Dice over the clicks), NSD at --nsd-tolerance mm, lesion size; summaries for
-all lesions, lesions < 1 mL and >= 1 mL.
+all lesions, lesions < 1 mL and >= 1 mL. With --out-json (or --out-plot) and matplotlib
+installed, a Dice-per-click plot of the three groups is written too (eval_dice_per_click.png
+beside eval.json below; pip install matplotlib if missing).
 
 examples:
   sgpsam synth --out heldout --cases 10 --seed 20000 --diameter 3,15
@@ -50,6 +53,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--clicks", type=int, default=5, metavar="K", help="clicks per lesion (default 5)")
     add("--out-json", metavar="FILE", help="write summary, cases and lesions as JSON")
     add("--out-csv", metavar="FILE", help="write one row per lesion as CSV")
+    add("--out-plot", metavar="PNG",
+        help="write the Dice-per-click plot (all lesions, < 1 mL, >= 1 mL; needs matplotlib); "
+             "default with --out-json: <name>_dice_per_click.png beside it")
+    add("--no-plot", action="store_true", help="write no Dice-per-click plot")
     add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N")
     add("--labels", metavar="V[,V...]", help="target label values (default: every non-zero)")
     add("--lesion-unit", default="component", choices=("component", "label"),
@@ -114,6 +121,37 @@ def _check_out(path: str | None, flag: str) -> Path | None:
     return out
 
 
+def _plot_target(args: argparse.Namespace, out_json: Path | None) -> Path | None:
+    """Where the Dice-per-click plot goes (None: no plot); checked before the evaluation."""
+    from ..plots import INSTALL_HINT, default_dice_plot_path, matplotlib_available
+
+    if args.no_plot:
+        return None
+    if args.out_plot:
+        out = _check_out(args.out_plot, "--out-plot")
+        if not matplotlib_available():
+            raise SGPSAMError(f"--out-plot {out}: matplotlib is not installed: {INSTALL_HINT}")
+        return out
+    if out_json is None:
+        return None
+    if not matplotlib_available():
+        _note(f"no Dice-per-click plot: matplotlib is not installed ({INSTALL_HINT})")
+        return None
+    return default_dice_plot_path(out_json)
+
+
+def _write_plot(summary: dict, out_plot: Path | None) -> Path | None:
+    from ..plots import PlotUnavailable, write_dice_per_click
+
+    if out_plot is None:
+        return None
+    try:
+        return write_dice_per_click(summary, out_plot)
+    except (PlotUnavailable, ValueError) as exc:
+        warn(f"Dice-per-click plot not written: {one_line(exc)}")
+        return None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
 
@@ -125,6 +163,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SGPSAMError(f"--min-lesion-voxels {args.min_lesion_voxels}: expected >= 1")
     out_json = _check_out(args.out_json, "--out-json")
     out_csv = _check_out(args.out_csv, "--out-csv")
+    out_plot = _plot_target(args, out_json)
     labels = _labels(args.labels)
     text_progress = None if args.json_progress else _CaseLines()
     try:
@@ -148,11 +187,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if out_csv is not None:
         result.write_csv(out_csv)
     summary = result.summary
+    plot = _write_plot(summary, out_plot)
     if args.json_progress:
         return 0
     if args.json:
         print(json.dumps(json_safe({**summary, "out_json": args.out_json,
-                                     "out_csv": args.out_csv})))
+                                     "out_csv": args.out_csv,
+                                     "out_plot": str(plot) if plot else None})))
         return 0
 
     def fmt(value: Any) -> str:
@@ -175,5 +216,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for row in result.cases:
         if row["status"] == "failed":
             lines.append(f"failed {row['case']}: {row['error']}")
+    if plot is not None:
+        lines.append(f"Dice-per-click plot: {plot}")
     print("\n".join(lines))
     return 0
