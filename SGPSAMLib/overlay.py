@@ -373,6 +373,7 @@ ROW_LABELS = ("Prediction", "Truth")
 VIEW_TITLES = {"axial": "Axial", "coronal": "Coronal", "sagittal": "Sagittal"}
 _SCALE_BAR_MM = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
 _DIRECTION_LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))  # (negative, positive) per RAS axis
+_AUTO_FOV_MIN_MM = 40.0
 
 
 @dataclass(frozen=True)
@@ -520,13 +521,42 @@ def _panel_clicks(volume: Volume, clicks: list[tuple[np.ndarray, bool]], centre:
     return found
 
 
-def _field_of_view(volume: Volume, centre: np.ndarray, fov_mm: float | None
+def _auto_fov_mm(volume: Volume, masks: Sequence[np.ndarray | None],
+                 clicks: list[tuple[np.ndarray, bool]], centre: np.ndarray) -> float | None:
+    """A field of view where the masks and clicks fill about the middle third (40 mm at
+    least); None when that is not smaller than the image (show it all)."""
+    points = [ras for ras, _ in clicks]
+    for mask in masks:
+        if mask is None or not np.any(mask):
+            continue
+        kji = np.argwhere(mask)
+        lo, hi = kji.min(axis=0), kji.max(axis=0)
+        corners = np.array([[k, j, i] for k in (lo[0], hi[0]) for j in (lo[1], hi[1])
+                            for i in (lo[2], hi[2])], dtype=np.float64)
+        points.extend(volume.ijk_to_ras_points(array_index_to_ijk(corners)))
+    if not points:
+        return None
+    half = float(np.max(np.abs(np.asarray(points) - centre))) + float(volume.spacing.max())
+    fov = max(_AUTO_FOV_MIN_MM, 3.0 * half)
+    low, high = volume_ras_bounds(volume)
+    return None if fov >= float(np.max(high - low)) else fov
+
+
+def _field_of_view(volume: Volume, centre: np.ndarray, fov_mm: Any
                    ) -> tuple[np.ndarray, np.ndarray]:
+    """RAS (low, high) of what the panels show: a cube of ``fov_mm`` around the centre
+    clipped to the image, or the whole image (None)."""
     low, high = volume_ras_bounds(volume)
     if fov_mm is None:
         return low, high
-    if not (np.isfinite(fov_mm) and fov_mm > 0):
-        raise ValueError(f"fov_mm must be a positive number of mm; got {fov_mm!r}")
+    try:
+        valid = not isinstance(fov_mm, (str, bool)) and bool(np.isfinite(fov_mm) and fov_mm > 0)
+    except TypeError:
+        valid = False
+    if not valid:
+        raise ValueError(f"fov_mm must be a positive number of mm, 'auto' or None; "
+                         f"got {fov_mm!r}")
+    fov_mm = float(fov_mm)
     low_fov, high_fov = np.maximum(low, centre - fov_mm / 2), np.minimum(high, centre + fov_mm / 2)
     if np.any(high_fov <= low_fov):
         raise ValueError(f"the {fov_mm:g} mm field of view around {centre.round(1).tolist()} "
@@ -555,7 +585,7 @@ def render_comparison(volume: Volume, prediction: np.ndarray, truth: np.ndarray,
                       clicks: Iterable[Any] = (), dice: float | Sequence[float] | None = None,
                       title: str | None = None, *, centre_ras: Sequence[float] | None = None,
                       window: Sequence[float] | None = None, modality: str = "auto",
-                      fov_mm: float | None = None, max_pixels: int = 256,
+                      fov_mm: float | str | None = "auto", max_pixels: int = 256,
                       min_pixels: int | None = 160, style: str = "both", alpha: float = 0.35,
                       panels: Sequence[str] = ("axial", "coronal", "sagittal"),
                       notes: Sequence[str] = (), orientation_letters: bool = True,
@@ -585,8 +615,10 @@ def render_comparison(volume: Volume, prediction: np.ndarray, truth: np.ndarray,
             with ``.ras``/``.positive`` work too).
         dice: the final Dice, or Dice per click (the last is the headline).
         title: first line of the figure, e.g. the case name.
-        fov_mm: show only a cube of this size around the centre (zoom on small lesions);
-            default: the whole image.
+        fov_mm: show only a cube of this size (mm) around the centre, clipped to the image;
+            "auto" (default): large enough that the masks and clicks fill about its middle
+            third, at least 40 mm, so a small lesion is not a few pixels; None: the whole
+            image.
         max_pixels / min_pixels: the longest panel side is at most ``max_pixels`` and, by
             zooming in (nearest neighbour), at least ``min_pixels`` (None: never zoom in).
         window, modality, style, alpha, panels: as in :func:`render_overlay`.
@@ -606,6 +638,8 @@ def render_comparison(volume: Volume, prediction: np.ndarray, truth: np.ndarray,
     else:
         centre = _default_centre(volume, truth if truth is not None and np.any(truth)
                                  else prediction)
+    if isinstance(fov_mm, str) and fov_mm == "auto":
+        fov_mm = _auto_fov_mm(volume, (prediction, truth), parsed, centre)
     bounds = _field_of_view(volume, centre, fov_mm)
     pixel_mm = _pixel_size(volume, bounds, max_pixels, min_pixels)
     lo, hi = _window(volume, window, modality)
@@ -651,7 +685,7 @@ def _compose_comparison(images: dict[tuple[str, str], np.ndarray], panels: Seque
     marker_arm = max(2, (CAP_HEIGHT * scale) // 2)
     legend_w = sum(2 * marker_arm + 1 + 3 * scale + text_size(t, scale)[1] + 3 * gap
                    for _, t, _ in legend)
-    footer_w = legend_w + 2 * gap + bar_px + 2 * scale + text_size(scale_text, scale)[1]
+    footer_w = legend_w + 2 * gap + bar_px + 4 * scale + text_size(scale_text, scale)[1]
     label_w = max(text_size(r, scale)[1] for r in ROW_LABELS)
     grid_left = margin + label_w + gap
     lines = [(k, t) for k, t in (("title", title), ("dice", dice_text)) if t]
@@ -698,7 +732,7 @@ def _compose_comparison(images: dict[tuple[str, str], np.ndarray], panels: Seque
         put(key, text, y, x)
         x += text_size(text, scale)[1] + 3 * gap
     label_left = width - margin - text_size(scale_text, scale)[1]
-    bar_left = label_left - 2 * scale - bar_px
+    bar_left = label_left - 4 * scale - bar_px
     bar_top = y + (CAP_HEIGHT * scale) // 2
     thickness = scale + 1
     figure[bar_top:bar_top + thickness, bar_left:bar_left + bar_px] = TEXT_COLOUR

@@ -221,8 +221,8 @@ def test_comparison_has_two_labelled_rows_view_headers_and_dice():
     clicks = [(volume.ijk_to_ras_points([16, 18, 6]), True)]
     figure, layout = render_comparison(volume, prediction, truth, clicks=clicks, dice=0.9134,
                                        title="box case", window=(0, 150), max_pixels=384,
-                                       min_pixels=None, orientation_letters=False,
-                                       return_layout=True)
+                                       min_pixels=None, fov_mm=None,
+                                       orientation_letters=False, return_layout=True)
     assert figure.dtype == np.uint8 and figure.ndim == 3 and figure.shape[2] == 3
     assert set(layout.panels) == {(r, v) for r in ROW_LABELS
                                   for v in ("axial", "coronal", "sagittal")}
@@ -250,7 +250,8 @@ def test_comparison_has_two_labelled_rows_view_headers_and_dice():
         plain, places = render_overlay(volume, mask, centre_ras=clicks[0][0], window=(0, 150))
         figure2, layout2 = render_comparison(volume, prediction, truth, centre_ras=clicks[0][0],
                                              window=(0, 150), max_pixels=384, min_pixels=None,
-                                             orientation_letters=False, return_layout=True)
+                                             fov_mm=None, orientation_letters=False,
+                                             return_layout=True)
         for view in ("axial", "coronal", "sagittal"):
             assert np.array_equal(figure2[layout2.panels[(row_label, view)]], plain[places[view]])
     # The two rows differ exactly where prediction and truth differ.
@@ -377,7 +378,7 @@ def test_click_markers_on_an_oblique_volume():
     volume, truth, prediction = _box_case(m)
     ras = volume.ijk_to_ras_points([16, 18, 6])
     figure, layout = render_comparison(volume, prediction, truth, clicks=[(ras, False)],
-                                       min_pixels=None, return_layout=True)
+                                       min_pixels=None, fov_mm=None, return_layout=True)
     assert len(layout.markers) == 6 and layout.clicks_not_shown == 0
     high = np.max(volume.ijk_to_ras_points(
         [[i, j, k] for i in (-0.5, 35.5) for j in (-0.5, 39.5) for k in (-0.5, 11.5)]), axis=0)
@@ -386,6 +387,30 @@ def test_click_markers_on_an_oblique_volume():
     assert axial.pixel[1] - cols.start == int((high[0] - ras[0]) // layout.pixel_mm)
     assert axial.pixel[0] - rows.start == int((high[1] - ras[1]) // layout.pixel_mm)
     assert _marker_pixels_ok(figure, axial)
+
+
+def test_auto_field_of_view_zooms_on_a_small_lesion():
+    shape = (40, 160, 160)  # 160 x 160 x 80 mm
+    array = np.random.default_rng(0).normal(100, 5, shape).astype(np.float32)
+    volume = Volume(array, np.diag([1.0, 1.0, 2.0, 1.0]))
+    truth = np.zeros(shape, dtype=np.uint8)
+    truth[19:22, 60:66, 90:96] = 1  # 6 x 6 x 6 mm
+    array[truth > 0] = 300
+    _, auto = render_comparison(volume, truth, truth, return_layout=True)
+    _, whole = render_comparison(volume, truth, truth, fov_mm=None, return_layout=True)
+    # The lesion's half-extent from its centre voxel (~3.5 mm + 2 mm voxel) x 3 is under the
+    # 40 mm minimum: a 40 mm field, drawn at least 160 px wide.
+    assert auto.pixel_mm == pytest.approx(40.0 / 160)
+    assert whole.pixel_mm == pytest.approx(1.0)  # the voxel size: 160 px panels
+    axial = auto.panels[("Truth", "axial")]
+    assert axial[1].stop - axial[1].start == 160
+    # A lesion filling most of the image: the whole image.
+    big = np.zeros(shape, dtype=np.uint8)
+    big[5:35, 20:140, 20:140] = 1
+    _, layout = render_comparison(volume, big, big, return_layout=True)
+    assert layout.pixel_mm == pytest.approx(whole.pixel_mm)
+    with pytest.raises(ValueError, match="fov_mm"):
+        render_comparison(volume, truth, truth, fov_mm="wide")
 
 
 def test_comparison_validation_and_writer(tmp_path):
