@@ -665,6 +665,15 @@ def render_comparison(volume: Volume, prediction: np.ndarray, truth: np.ndarray,
     return (figure, layout) if return_layout else figure
 
 
+def _draw_scale_bar(figure: np.ndarray, top: int, left: int, pixels: int, scale: int) -> None:
+    """A bar exactly ``pixels`` wide (scale + 1 rows) with end ticks rising above it."""
+    thickness = scale + 1
+    figure[top:top + thickness, left:left + pixels] = TEXT_COLOUR
+    tick = slice(top - 2 * scale, top + thickness)
+    figure[tick, left] = TEXT_COLOUR
+    figure[tick, left + pixels - 1] = TEXT_COLOUR
+
+
 def _compose_comparison(images: dict[tuple[str, str], np.ndarray], panels: Sequence[str],
                         pixel_mm: float, centre: np.ndarray, title: str | None,
                         dice_text: str | None, notes: Sequence[str]
@@ -734,11 +743,7 @@ def _compose_comparison(images: dict[tuple[str, str], np.ndarray], panels: Seque
     label_left = width - margin - text_size(scale_text, scale)[1]
     bar_left = label_left - 4 * scale - bar_px
     bar_top = y + (CAP_HEIGHT * scale) // 2
-    thickness = scale + 1
-    figure[bar_top:bar_top + thickness, bar_left:bar_left + bar_px] = TEXT_COLOUR
-    tick = slice(bar_top - 2 * scale, bar_top + thickness)
-    figure[tick, bar_left] = TEXT_COLOUR
-    figure[tick, bar_left + bar_px - 1] = TEXT_COLOUR
+    _draw_scale_bar(figure, bar_top, bar_left, bar_px, scale)
     put("scale", scale_text, y, label_left)
     y += pitch
     for index, note in enumerate(notes):
