@@ -37,10 +37,10 @@ examples:
   torchrun --nproc_per_node 4 -m SGPSAMLib train --data D --out runs/ddp --init turbo.pth
   sgpsam train --data D --out runs/sgp --resume        # continue a stopped run
 
-Stop with Ctrl-C or SIGTERM, or by creating the --stop-file: the run finishes the current
-step, saves last.pt and state.pt and exits 0 (a second Ctrl-C aborts at once); --resume
-continues it. Without a terminal, progress is printed as plain lines (at most one per 30 s,
-plus each validation and save).
+Stop with Ctrl-C or SIGTERM: the run finishes the current step, saves last.pt and state.pt
+and exits 0 (a second Ctrl-C aborts at once); --resume continues it. Creating the --stop-file
+stops it the same way (for parents that cannot send signals). Without a terminal, progress is
+printed as plain lines (at most one per 30 s, plus each validation and save).
 """
 
 
