@@ -203,6 +203,11 @@ class Volume:
         return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
 
     @property
+    def voxel_volume_mm3(self) -> float:
+        """Volume of one voxel in mm^3 (|det| of the matrix: right for oblique grids too)."""
+        return float(abs(np.linalg.det(self.ijk_to_ras[:3, :3])))
+
+    @property
     def origin_ras(self) -> np.ndarray:
         """(3,) RAS mm of the centre of voxel (0, 0, 0)."""
         return self.ijk_to_ras[:3, 3].copy()

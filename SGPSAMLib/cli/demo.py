@@ -21,18 +21,31 @@ from ..errors import SGPSAMError
 __all__ = ["register", "run_demo", "shared_data_root", "load_shared_case"]
 
 _EPILOG = """\
-writes into --out: demo_mask.nii.gz (the prediction, lesion n = label n, on the image's grid),
-demo_overlay.png (axial / coronal / sagittal through the first lesion: prediction on top,
-ground truth below), demo_result.json; for a synthetic case also demo_image.nii.gz and
-demo_truth.nii.gz so that all can be opened in 3D Slicer.
+writes into the folder --out/<case> (printed at the end): demo_mask.nii.gz (the prediction,
+lesion n = label n, on the image's grid), demo_overlay.png (axial / coronal / sagittal through
+the first click: prediction on top, ground truth below, clicks marked, Dice and a mm scale),
+demo_result.json; for a synthetic case also demo_image.nii.gz and demo_truth.nii.gz, so that
+all can be opened in 3D Slicer.
 
 examples:
-  sgpsam demo                                 # bundled demo model, synthetic case 10000
-  sgpsam demo --seed 10007 --clicks 3 --out demo_out --json
-  sgpsam demo --model sam_med3d_turbo --case shared:pyradiomics_lung1
+  sgpsam demo                                 # bundled demo model, its default held-out case
+  sgpsam demo --list                          # the cases it can show
+  sgpsam demo --seed 10007 --clicks 5 --out demo_out --json
+  sgpsam demo --case shared:pyradiomics_brain1
 """
 
+#: What the printed figures mean, for a first-time user.
+_EXPLAIN = """\
+how to read this: a simulated user clicks the middle of the lesion, then the middle of the
+largest mistake (a positive click on a missed part, a negative one on a false alarm). Dice is
+the overlap between the mask and the true lesion after each click (1 = identical, 0 = none);
+NSD is the share of the mask's surface within 2 mm of the true surface."""
+
 DEMO_FILES = ("demo_mask.nii.gz", "demo_overlay.png", "demo_result.json")
+#: Held-out synthetic case shown by default: one the bundled model handles well (README).
+DEFAULT_DEMO_SEED = 10_000
+#: Synthetic seeds ``--list`` describes.
+LISTED_SEEDS = 20
 #: ``SGPSAMLib.synthetic.DEMO_SEED_BASE`` (a test keeps them equal), spelled out so that
 #: building the parser imports no numpy.
 DEMO_SEED_BASE = 10_000
@@ -49,10 +62,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--model", default="demo", metavar="demo|NAME|PATH",
         help="model name or checkpoint file (default: the bundled demo model)")
     add("--out", default="sgpsam_demo", metavar="DIR",
-        help="output folder (created if missing; default ./sgpsam_demo)")
-    add("--seed", type=int, default=DEMO_SEED_BASE, metavar="S",
-        help=f"synthetic case seed (default {DEMO_SEED_BASE}; seeds >= {DEMO_SEED_BASE} are "
-             "not used for training)")
+        help="results go into DIR/<case>/ (created if missing; default ./sgpsam_demo)")
+    add("--seed", type=int, default=DEFAULT_DEMO_SEED, metavar="S",
+        help=f"synthetic case seed (default {DEFAULT_DEMO_SEED}; seeds >= {DEMO_SEED_BASE} "
+             "are not used for training)")
+    add("--list", action="store_true",
+        help="list the synthetic and shared cases the demo can show, and exit")
     add("--case", default="synthetic", metavar="synthetic|shared:ID",
         help="sample: a synthetic case, or a case id of ../shared/data/manifest.json "
              "(folder: $SGPSAM_SHARED_DATA)")
@@ -144,7 +159,7 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
     from ..devices import resolve_device
     from ..evaluation import simulate_lesion
     from ..io import write_labelmap, write_volume
-    from ..overlay import render_overlay, write_png
+    from ..overlay import write_comparison
     from ..session import InteractiveSession
     from ..synthetic import DEMO_SEED_BASE, make_case
 
@@ -152,7 +167,10 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
         raise SGPSAMError(f"--clicks {clicks}: expected an integer >= 1")
     if max_windows < 1:
         raise SGPSAMError(f"--max-windows {max_windows}: expected an integer >= 1")
-    out_dir = Path(out)
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise SGPSAMError(f"--out {root}: is a file; expected a folder")
+    out_dir = root / _case_folder(case, seed)
     if out_dir.exists() and not out_dir.is_dir():
         raise SGPSAMError(f"--out {out_dir}: is a file; expected a folder")
     try:
@@ -209,12 +227,12 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
         files["image"] = str(write_volume(volume, out_dir / "demo_image.nii.gz"))
         files["truth"] = str(write_labelmap(truth, volume, out_dir / "demo_truth.nii.gz"))
     files["mask"] = str(write_labelmap(prediction, volume, out_dir / "demo_mask.nii.gz"))
-    centre = rows[0]["clicks"][0]["ras"] if rows and rows[0]["clicks"] else None
-    top, _ = render_overlay(volume, prediction, centre_ras=centre)
-    bottom, _ = render_overlay(volume, truth, centre_ras=centre)
-    gap = np.full((4, top.shape[1], 3), 40, dtype=np.uint8)
-    files["overlay"] = str(write_png(out_dir / "demo_overlay.png",
-                                     np.concatenate([top, gap, bottom], axis=0)))
+    first = rows[0] if rows else None
+    notes = [f"{Path(checkpoint).name}, {first['volume_ml']:.2f} mL lesion"] if first else []
+    files["overlay"] = str(write_comparison(
+        out_dir / "demo_overlay.png", volume, prediction, truth,
+        clicks=first["clicks"] if first else (),
+        dice=first["dice_per_click"] if first else None, title=case_name, notes=notes))
     per_lesion = [r["timings"] for r in rows]
     record = {
         "model": checkpoint, "device": str(torch_device), "case": case_name,
@@ -242,7 +260,76 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo", seed: 
     return json_safe(record)
 
 
+def _case_folder(case: str, seed: int) -> str:
+    """Sub-folder of --out for one case: ``synthetic_10000``, ``shared_pyradiomics_brain1``."""
+    if case == "synthetic":
+        return f"synthetic_{int(seed)}"
+    name = case.split(":", 1)[-1]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return f"shared_{safe or 'case'}"
+
+
+def list_cases(count: int | None = None) -> list[dict[str, Any]]:
+    """The cases ``sgpsam demo`` can show: held-out synthetic seeds (``count``, default
+    :data:`LISTED_SEEDS`), then the shared cases."""
+    from ..synthetic import make_case
+
+    count = LISTED_SEEDS if count is None else count
+    rows: list[dict[str, Any]] = []
+    for seed in range(DEMO_SEED_BASE, DEMO_SEED_BASE + count):
+        sample = make_case(seed, n_lesions=1)
+        lesion = sample.lesions[0]
+        rows.append({"case": "synthetic", "seed": seed, "modality": sample.modality,
+                     "lesion_ml": round(lesion.volume_ml, 3),
+                     "diameter_mm": round(lesion.diameter_mm, 1),
+                     "default": seed == DEFAULT_DEMO_SEED, "command": f"sgpsam demo --seed {seed}"})
+    root = shared_data_root()
+    manifest = root / "manifest.json"
+    if manifest.is_file():
+        try:
+            entries = json.loads(manifest.read_text(encoding="utf-8"))["cases"]
+        except (OSError, ValueError, KeyError, TypeError):
+            entries = []
+        for entry in entries:
+            if not isinstance(entry, dict) or "id" not in entry:
+                continue
+            rows.append({"case": f"shared:{entry['id']}", "seed": None,
+                         "modality": entry.get("modality"),
+                         "lesion_ml": entry.get("target_volume_ml"),
+                         "what": entry.get("lesion"), "licence": entry.get("license"),
+                         "command": f"sgpsam demo --case shared:{entry['id']}"})
+    return rows
+
+
+def _print_list(as_json: bool) -> int:
+    rows = list_cases()
+    if as_json:
+        print(json.dumps(rows))
+        return 0
+    lines = [f"held-out synthetic cases (seeds >= {DEMO_SEED_BASE} are never used for "
+             "training; one lesion each):"]
+    for row in rows:
+        if row["seed"] is None:
+            continue
+        mark = "  (default)" if row["default"] else ""
+        lines.append(f"  --seed {row['seed']}  {row['modality']}  {row['lesion_ml']:.2f} mL, "
+                     f"{row['diameter_mm']:.0f} mm{mark}")
+    shared = [r for r in rows if r["seed"] is None]
+    if shared:
+        lines.append(f"shared cases ({shared_data_root()}; licences differ, see its README):")
+        for row in shared:
+            size = "" if row["lesion_ml"] is None else f"{float(row['lesion_ml']):.1f} mL, "
+            lines.append(f"  --case {row['case']}  {row['modality']}  {size}{row['what']}")
+    else:
+        lines.append("shared cases: none found (set SGPSAM_SHARED_DATA to the folder with "
+                     "manifest.json)")
+    print("\n".join(lines))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.list:
+        return _print_list(args.json)
     if args.lesions < 1:
         raise SGPSAMError(f"--lesions {args.lesions}: expected an integer >= 1")
     if args.seed < 0:
@@ -257,13 +344,20 @@ def _demo(args: argparse.Namespace) -> int:
              f"{record['model']} on {record['device']}"]
     for row in record["lesions"]:
         dices = ", ".join(f"{d:.3f}" for d in row["dice_per_click"])
+        signs = "".join("+" if c["positive"] else "-" for c in row["clicks"])
+        nsd = "" if row["nsd"] is None else f", NSD {row['nsd']:.2f}"
         lines.append(f"lesion {row['lesion']} ({row['volume_ml']:.2f} mL, "
-                     f"{row['diameter_mm']:.1f} mm): Dice per click {dices}")
+                     f"{row['diameter_mm']:.1f} mm): Dice per click {dices} (clicks {signs})"
+                     f"{nsd}")
     t = record["timings"]
     lines.append(f"timings: load model {t['load_model_s']:.2f} s, encode {t['encode_s']:.2f} s,"
                  f" decode {t['decode_s']:.3f} s, mean per click {t['mean_click_s']:.2f} s, "
                  f"total {t['total_s']:.1f} s")
-    lines.append("wrote " + ", ".join(v for k, v in record["files"].items()))
+    lines.append(_EXPLAIN)
+    folder = Path(record["files"]["overlay"]).resolve().parent
+    lines.append(f"results in {folder}{os.sep}: "
+                 + ", ".join(Path(v).name for v in record["files"].values())
+                 + " (open demo_overlay.png to see it)")
     if record["held_out"] is False:
         lines.append("note: seeds below 10000 may overlap synthetic training data")
     print("\n".join(lines))

@@ -91,43 +91,52 @@ def center_clicks(label: torch.Tensor, predicted: torch.Tensor, generator: torch
     Same arguments and results as :func:`error_clicks`; a sample without error gets a random
     lesion voxel (positive), one without lesion or error the crop centre, negative.
     """
-    label = label.bool()
-    predicted = predicted.bool()
-    batch, size = label.shape[0], label.shape[-1]
-    points = torch.empty((batch, 1, 3), dtype=torch.float32, device=label.device)
-    labels = torch.empty((batch, 1), dtype=torch.long, device=label.device)
-    for b in range(batch):
-        truth = label[b, 0].cpu().numpy()
-        found = next_click(predicted[b, 0].cpu().numpy(), truth)
-        if found is None:
-            voxel = random_voxel(label[b, 0], generator)
-            if voxel is None:
-                points[b, 0] = (size - 1) / 2.0
-                labels[b, 0] = 0
-                continue
-            points[b, 0] = voxel.float()
-            labels[b, 0] = 1
-            continue
-        points[b, 0] = torch.tensor(found[0], dtype=torch.float32)
-        labels[b, 0] = int(found[1])
-    return points, labels
+    return corrective_clicks(label, predicted, generator, "center")
+
+
+def _center_click(truth: torch.Tensor, pred: torch.Tensor, generator: torch.Generator
+                  ) -> tuple[torch.Tensor | None, int]:
+    """(voxel, label) of the evaluation robot's click for one 3-D sample (None: no error)."""
+    found = next_click(pred.cpu().numpy(), truth.cpu().numpy())
+    if found is None:
+        return None, 1
+    return torch.tensor(found[0], dtype=torch.long), int(found[1])
 
 
 def corrective_clicks(label: torch.Tensor, predicted: torch.Tensor, generator: torch.Generator,
                       mode: str = "uniform") -> tuple[torch.Tensor, torch.Tensor]:
-    """The next click of every sample under ``mode`` (module docstring)."""
+    """The next click of every sample under ``mode`` (module docstring).
+
+    In ``mixed`` mode a coin per sample (from ``generator``) picks the protocol, and only that
+    one is computed (the robot's connected components and distance map cost milliseconds).
+    """
+    if mode not in CLICK_MODES:
+        raise ValueError(f"click mode must be one of {CLICK_MODES}, got {mode!r}")
     if mode == "uniform":
         return error_clicks(label, predicted, generator)
-    if mode == "center":
-        return center_clicks(label, predicted, generator)
-    if mode != "mixed":
-        raise ValueError(f"click mode must be one of {CLICK_MODES}, got {mode!r}")
-    uniform_points, uniform_labels = error_clicks(label, predicted, generator)
-    center_points, center_labels = center_clicks(label, predicted, generator)
-    pick = torch.rand(label.shape[0], generator=generator) < 0.5
-    pick = pick.to(label.device)
-    points = torch.where(pick[:, None, None], center_points, uniform_points)
-    labels = torch.where(pick[:, None], center_labels, uniform_labels)
+    label = label.bool()
+    predicted = predicted.bool()
+    batch, size = label.shape[0], label.shape[-1]
+    use_center = torch.ones(batch, dtype=torch.bool)
+    if mode == "mixed":
+        use_center = torch.rand(batch, generator=generator) < 0.5
+    points = torch.empty((batch, 1, 3), dtype=torch.float32, device=label.device)
+    labels = torch.empty((batch, 1), dtype=torch.long, device=label.device)
+    for b in range(batch):
+        truth, pred = label[b, 0], predicted[b, 0]
+        if use_center[b]:
+            voxel, sign = _center_click(truth, pred, generator)
+        else:
+            voxel = random_voxel(truth ^ pred, generator)
+            sign = None if voxel is None else int(truth[tuple(voxel.tolist())])
+        if voxel is None:  # no error left: a random lesion voxel, as the official evaluation
+            voxel, sign = random_voxel(truth, generator), 1
+        if voxel is None:
+            points[b, 0] = (size - 1) / 2.0
+            labels[b, 0] = 0
+            continue
+        points[b, 0] = voxel.float()
+        labels[b, 0] = sign
     return points, labels
 
 

@@ -785,11 +785,15 @@ class _Run:
                         "loss": float(np.mean(recent_loss)), "lr": lr,
                         "val_dice": self.metrics.get("val_dice"),
                         "val_dice_clicks": self.metrics.get("val_dice_clicks"),
+                        "val_dice_small": self.metrics.get("val_dice_small"),
+                        "val_dice_large": self.metrics.get("val_dice_large"),
                         "val_step": self.metrics.get("val_step"),
                         "gate_rates": gates, "eta_s": round(mean_time * (total - step), 1),
                         "step_s": round(elapsed, 4),
                     })
                     recent_loss = []
+                if validated:
+                    self._plot()
                 if step % ckpt_every == 0 and step < total:
                     self._checkpoint(step)
                     saved_at = step
@@ -811,6 +815,24 @@ class _Run:
         return TrainResult(self.last_path, best, self.state_path, list(self.history),
                            _clean(dict(self.metrics)), step, stopped, steps_per_s, seconds)
 
+    def _plot(self) -> None:
+        """Rewrite ``training_curve.png`` (loss and validation Dice per step) in ``out``.
+
+        Optional: without matplotlib the run goes on and says once how to get the picture.
+        """
+        if self.dist.rank != 0 or getattr(self, "_plot_unavailable", False):
+            return
+        from ..plots import PlotUnavailable, write_training_curve
+
+        try:
+            write_training_curve(self.history, self.out / "training_curve.png",
+                                 val_clicks=self.config.val_clicks)
+        except PlotUnavailable as exc:
+            self._plot_unavailable = True
+            log.warning("no training_curve.png: %s", exc)
+        except OSError as exc:
+            log.warning("could not write training_curve.png: %s", exc)
+
     def _validate(self, targets, autocast, step: int) -> None:
         if self.dist.rank == 0:
             tick = time.perf_counter()
@@ -822,8 +844,9 @@ class _Run:
             for module, (seen, on) in zip(self.model.image_encoder.sgpm.values(), counters):
                 module.samples_seen.copy_(seen)
                 module.samples_on.copy_(on)
-            self.metrics.update({k: result[k] for k in ("val_dice", "val_dice_clicks",
-                                                        "val_dice_per_click")})
+            self.metrics.update({k: result[k] for k in (
+                "val_dice", "val_dice_clicks", "val_dice_per_click", "val_dice_small",
+                "val_dice_large")})
             self.metrics["val_step"] = step
             value = result["val_dice"]
             log.info("step %d: val Dice %.4f (1 click), %.4f (%d clicks) in %.1f s", step, value,

@@ -74,7 +74,7 @@ def validate(model: torch.nn.Module, cases: Sequence[LoadedCase],
     """
     if not targets:
         return {"val_dice": None, "val_dice_clicks": None, "val_dice_per_click": [],
-                "val_lesions": 0}
+                "val_lesions": 0, "val_dice_small": None, "val_dice_large": None}
     was_training = model.training
     model.eval()
     device = model.device
@@ -114,5 +114,13 @@ def validate(model: torch.nn.Module, cases: Sequence[LoadedCase],
     finally:
         model.train(was_training)
     means = per_click.mean(axis=0)
+    small = np.array([_volume_ml(cases[t.case], t.lesion) < 1.0 for t in targets])
     return {"val_dice": float(means[0]), "val_dice_clicks": float(means[-1]),
-            "val_dice_per_click": [float(v) for v in means], "val_lesions": len(targets)}
+            "val_dice_per_click": [float(v) for v in means], "val_lesions": len(targets),
+            # Lesions below 1 mL apart: the size where a coarse mask fails first.
+            "val_dice_small": float(per_click[small, 0].mean()) if small.any() else None,
+            "val_dice_large": float(per_click[~small, 0].mean()) if (~small).any() else None}
+
+
+def _volume_ml(case: LoadedCase, lesion: int) -> float:
+    return case.lesions[lesion - 1].voxels * case.volume.voxel_volume_mm3 / 1000.0

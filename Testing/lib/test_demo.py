@@ -18,6 +18,8 @@ from SGPSAMLib.io import read_volume, write_labelmap, write_volume
 from SGPSAMLib.overlay import read_png
 from SGPSAMLib.synthetic import DEMO_SEED_BASE, LesionSpec, SyntheticCase, make_case
 
+DEFAULT_DEMO_SEED = cli_demo.DEFAULT_DEMO_SEED
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_evaluation import CropThresholdModel  # noqa: E402
 
@@ -41,7 +43,7 @@ def test_demo_with_a_real_checkpoint(tiny_checkpoint, tmp_path, capsys):
     for key in ("model", "device", "case", "seed", "held_out", "modality", "lesions", "dice_1",
                 "dice", "timings", "files"):
         assert key in record
-    assert record["seed"] == DEMO_SEED_BASE and record["held_out"] is True
+    assert record["seed"] == DEFAULT_DEMO_SEED and record["held_out"] is True
     assert record["device"] == "cpu" and record["model"] == str(tiny_checkpoint)
     lesion = record["lesions"][0]
     assert len(lesion["dice_per_click"]) == 2 and 0.0 <= lesion["dice"] <= 1.0
@@ -49,7 +51,7 @@ def test_demo_with_a_real_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert {"load_model_s", "encode_s", "decode_s", "mean_click_s", "total_s"} <= set(
         record["timings"])
     # Files: the input, its truth and the prediction share the synthetic case's exact grid.
-    case = make_case(DEMO_SEED_BASE, n_lesions=1)
+    case = make_case(DEFAULT_DEMO_SEED, n_lesions=1)
     for name in ("image", "truth", "mask"):
         written = read_volume(record["files"][name])
         assert written.array.shape == case.volume.array.shape
@@ -80,10 +82,12 @@ def test_demo_dice_with_an_oracle_model(tmp_path, capsys, monkeypatch):
     code = main(["demo", "--out", str(tmp_path), "--clicks", "1", "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "Dice per click" in captured.out and "wrote" in captured.out
-    record = json.loads((tmp_path / "demo_result.json").read_text())
+    folder = tmp_path / f"synthetic_{DEFAULT_DEMO_SEED}"
+    assert "Dice per click" in captured.out and f"results in {folder.resolve()}" in captured.out
+    assert "how to read this" in captured.out
+    record = json.loads((folder / "demo_result.json").read_text())
     assert record["dice"] > 0.8  # 6 mm low-res cells on a 32 mm ball
-    mask = read_volume(tmp_path / "demo_mask.nii.gz").array
+    mask = read_volume(folder / "demo_mask.nii.gz").array
     truth = _ball_case(0).label
     dice = 2 * np.sum((mask > 0) & (truth > 0)) / (np.sum(mask > 0) + np.sum(truth > 0))
     assert record["dice"] == pytest.approx(dice)
@@ -124,4 +128,25 @@ def test_demo_errors(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "sgpsam: error:" in err and "demo" in err and "not installed" in err
-    assert not (tmp_path / "demo_mask.nii.gz").exists()
+    assert not list(tmp_path.rglob("demo_mask.nii.gz"))
+
+
+def test_demo_list_names_held_out_seeds_and_shared_cases(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "shared"
+    root.mkdir()
+    (root / "manifest.json").write_text(json.dumps({"cases": [
+        {"id": "ball", "modality": "MR", "lesion": "a ball", "target_volume_ml": 2.5}]}))
+    monkeypatch.setenv("SGPSAM_SHARED_DATA", str(root))
+    monkeypatch.setattr(cli_demo, "LISTED_SEEDS", 3)
+    assert main(["demo", "--list"]) == 0
+    out = capsys.readouterr().out
+    for seed in range(DEMO_SEED_BASE, DEMO_SEED_BASE + 3):
+        assert f"--seed {seed}" in out
+    assert "--case shared:ball  MR  2.5 mL, a ball" in out
+    assert main(["demo", "--list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["seed"] for r in rows] == [DEMO_SEED_BASE, DEMO_SEED_BASE + 1, DEMO_SEED_BASE + 2,
+                                         None]
+    first = make_case(DEMO_SEED_BASE, n_lesions=1).lesions[0]
+    assert rows[0]["lesion_ml"] == round(first.volume_ml, 3)
+    assert not list(tmp_path.glob("sgpsam_demo*"))  # --list writes nothing
