@@ -1,5 +1,9 @@
 """Read and write volumes and labelmaps with SimpleITK, keeping the exact voxel grid.
 
+Reading is defensive (see ``headers.py``): every header is checked against the file and a size
+limit before ITK allocates anything, data shorter than declared is refused, and so are voxels
+that are NaN or infinite, for every format (policy: refuse, never guess a value for them).
+
 Geometry goes through ``geometry.py`` only: SimpleITK reports spacing, origin and direction
 in LPS; ``volume_from_sitk`` turns them into a ``Volume`` with an IJK->RAS matrix and
 ``volume_to_sitk`` does the reverse. Writes are atomic (temporary file in the target folder,
@@ -20,6 +24,7 @@ import SimpleITK as sitk
 
 from .errors import VolumeError, VolumeIOError
 from .geometry import Volume, ijk_to_ras_matrix, lps_geometry
+from .headers import check_declared_size, check_image_file, declared_by_itk
 
 __all__ = [
     "READ_FORMATS",
@@ -107,7 +112,7 @@ def volume_to_sitk(volume: Volume) -> sitk.Image:
 to_sitk = volume_to_sitk
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def _read_dicom_folder(folder: Path, max_bytes: int | None = None) -> sitk.Image:
     """Read the DICOM series with the most files in ``folder`` (not searched recursively)."""
     reader = sitk.ImageSeriesReader()
     series_ids = sorted(reader.GetGDCMSeriesIDs(str(folder)))
@@ -123,24 +128,50 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
             "%s holds %d DICOM series; reading %s (%d files)",
             folder, len(series_ids), chosen, len(files_per_series[chosen]),
         )
-    reader.SetFileNames(files_per_series[chosen])
+    files = files_per_series[chosen]
+    declared = declared_by_itk(Path(files[0]), files=len(files))
+    if declared is not None:
+        check_declared_size(declared, max_bytes)
+    reader.SetFileNames(files)
     return reader.Execute()
 
 
-def read_volume(path: PathLike) -> Volume:
+def _refuse_nonfinite(array: np.ndarray, path: Path, hidden: int) -> None:
+    """VolumeError when voxels are NaN/Inf (``hidden``: those ITK's NIfTI reader zeroed).
+
+    Checked slab by slab so that a large float volume needs no full-size temporary.
+    """
+    nan = inf = 0
+    if array.dtype.kind in "fc":
+        for slab in array.reshape(array.shape[0], -1) if array.ndim > 1 else [array]:
+            nan += int(np.count_nonzero(np.isnan(slab)))
+            inf += int(np.count_nonzero(np.isinf(slab)))
+    if hidden or nan or inf:
+        found = f"{hidden} voxels are NaN or infinite" if hidden else \
+            f"{nan} voxels are NaN and {inf} infinite"
+        raise VolumeError(f"{path}: {found} (of {array.size}); SGP-SAM refuses images with "
+                          "undefined intensities rather than guess a value for them: replace "
+                          "them (e.g. with the background value) and save the image again")
+
+
+def read_volume(path: PathLike, max_bytes: int | None = None) -> Volume:
     """Read a 3-D scalar volume from a file or a DICOM series folder; name = file stem.
 
-    Missing or unreadable input -> VolumeIOError; a 2-D or multi-component image ->
-    VolumeError. A 3-D image with a single slice is returned as is (callers decide).
+    Missing or unreadable input, a header declaring more data than the file holds, or more
+    than ``max_bytes`` (default: ``SGPSAM_MAX_IMAGE_GB``, 4 GiB) -> VolumeIOError; a 2-D or
+    multi-component image, or NaN/Inf voxels -> VolumeError. A 3-D image with a single slice
+    is returned as is (callers decide).
     """
     p = Path(path)
     if not p.exists():
         raise VolumeIOError(f"{p}: no such file or folder; expected {READ_FORMATS}")
+    hidden_nonfinite = 0
     try:
         if p.is_dir():
-            image = _read_dicom_folder(p)
+            image = _read_dicom_folder(p, max_bytes)
             name = p.name
         else:
+            hidden_nonfinite = check_image_file(p, max_bytes)
             image = sitk.ReadImage(str(p))
             name = _stem(p)
     except RuntimeError as exc:
@@ -148,6 +179,7 @@ def read_volume(path: PathLike) -> Volume:
             f"cannot read {p} as an image ({_itk_reason(exc)}); expected {READ_FORMATS}"
         ) from exc
     volume = volume_from_sitk(image, name=str(p))
+    _refuse_nonfinite(volume.array, p, hidden_nonfinite)
     return Volume(volume.array, volume.ijk_to_ras, name)
 
 
