@@ -37,13 +37,24 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the device of every SGPSAMModel that load_model constructs."""
     devices: list[str] = []
 
+    monkeypatch.setattr(build, "SGPSAMModel", _recording(devices))
+    return devices
+
+
+def _recording(devices: list[str]) -> type:
+    """SGPSAMModel that records where it is built and refuses a real build of a crafted giant
+    (so that a regression fails this test instead of exhausting the machine's memory)."""
+
     class Recording(SGPSAMModel):
         def __init__(self, config) -> None:
-            devices.append(torch.empty(0).device.type)
+            device = torch.empty(0).device.type
+            devices.append(device)
+            if device != "meta" and (config.embed_dim > 1024 or config.depth > 64):
+                raise AssertionError(f"a real {config.embed_dim}-wide, {config.depth}-block "
+                                     "model was built from a crafted config")
             super().__init__(config)
 
-    monkeypatch.setattr(build, "SGPSAMModel", Recording)
-    return devices
+    return Recording
 
 
 def _crafted(path: Path, config: object, state: dict | None = None) -> Path:
@@ -235,13 +246,7 @@ def test_training_init_checkpoint_config_is_bounded(tmp_path: Path, tiny: SGPSAM
     from SGPSAMLib.training.config import TrainConfig
 
     constructed: list[str] = []
-
-    class Recording(SGPSAMModel):
-        def __init__(self, config) -> None:
-            constructed.append(torch.empty(0).device.type)
-            super().__init__(config)
-
-    monkeypatch.setattr(trainer, "SGPSAMModel", Recording)
+    monkeypatch.setattr(trainer, "SGPSAMModel", _recording(constructed))
     config = dict(tiny.config.to_dict(), embed_dim=16384, depth=64, num_heads=16,
                   global_attn_indexes=[63], sgpm_blocks=[])
     path = _crafted(tmp_path / "huge.pt", config)
