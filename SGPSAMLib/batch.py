@@ -31,7 +31,7 @@ behaviours a user relies on, each a deliberate choice:
   never swallows the next record) and the summary files are rewritten atomically. A case is
   skipped (status ``skipped``, earlier numbers kept) when some journal in the output folder
   says ``ok`` for the same image *content* (size, modification time and a hash of its first and
-  last MiB), the same seed points, the same checkpoint (path and the same fingerprint) and the
+  last MiB), the same seed points, the same checkpoint (path, size and SHA-256) and the
   same output file, and that output is still the file written (size and SHA-256). A replaced
   image or checkpoint redoes the case; a missing or unreadable (damaged) output is redone; an
   output that still reads but was changed since (e.g. corrected by hand in Slicer) is kept,
@@ -454,13 +454,17 @@ def _model_id(model: Any) -> str:
 
 
 def _model_fingerprint(model: Any) -> str:
-    """The checkpoint file's fingerprint: a replaced checkpoint at the same path redoes cases."""
-    if isinstance(model, (str, os.PathLike)):
-        return fingerprint(Path(model))
-    meta = getattr(model, "checkpoint_metadata", None)
-    if isinstance(meta, dict) and meta.get("path"):
-        return fingerprint(Path(meta["path"]))
-    return ""
+    """The checkpoint's size and SHA-256: a replaced checkpoint at the same path redoes the
+    cases, the same file copied or downloaded again (new modification time) does not."""
+    if not isinstance(model, (str, os.PathLike)):
+        meta = getattr(model, "checkpoint_metadata", None)
+        if not (isinstance(meta, dict) and meta.get("path")):
+            return ""
+        model = meta["path"]
+    try:
+        return f"{Path(model).stat().st_size}:{sha256_file(Path(model))}"
+    except OSError:
+        return ""
 
 
 def _resolve_model_spec(spec: Any) -> Any:

@@ -23,7 +23,6 @@ import logging
 import os
 import pickle
 import re
-import threading
 import warnings
 from pathlib import Path
 from typing import Any, Union
@@ -31,6 +30,12 @@ from typing import Any, Union
 import torch
 
 from .config import ModelConfig
+from .config_check import (
+    DEFAULT_MAX_PARAMETERS,
+    MAX_PARAMETERS_ENV,
+    declared_shapes,
+    max_model_parameters,
+)
 from .errors import CheckpointError
 from .modeling import SGPSAMModel
 from .models import check_checkpoint_file, resolve_model
@@ -46,10 +51,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "sgpsam"
 CHECKPOINT_FORMAT_VERSION = 1
 _SGPM_KEY = ".sgpm."
-# A stored config may not declare more parameters than this (SAM-Med3D ViT-B: 1.0e8) unless
-# the environment says so: a 2 kB file must not be able to make us allocate gigabytes.
-MAX_PARAMETERS_ENV = "SGPSAM_MAX_MODEL_PARAMETERS"
-DEFAULT_MAX_PARAMETERS = 1_000_000_000
 
 PRESETS: dict[str, ModelConfig] = {
     # SAM-Med3D vit_b_ori: the architecture of the public sam_med3d(_turbo).pth checkpoints.
@@ -227,21 +228,6 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
     return _strip_prefix(state), config, metadata
 
 
-def max_model_parameters() -> int:
-    """Most parameters a checkpoint's config may declare: ``SGPSAM_MAX_MODEL_PARAMETERS``."""
-    text = os.environ.get(MAX_PARAMETERS_ENV, "").strip()
-    if not text:
-        return DEFAULT_MAX_PARAMETERS
-    try:
-        value = int(float(text))
-    except (ValueError, OverflowError):
-        value = 0
-    if value <= 0:
-        raise CheckpointError(f"{MAX_PARAMETERS_ENV}={text!r}: expected a positive number of "
-                              f"parameters (default {DEFAULT_MAX_PARAMETERS:,})")
-    return value
-
-
 def config_from_checkpoint(config_dict: Any, path: PathLike) -> ModelConfig:
     """A stored config dict -> ModelConfig, or CheckpointError naming the file and the field."""
     if not isinstance(config_dict, dict):
@@ -254,66 +240,6 @@ def config_from_checkpoint(config_dict: Any, path: PathLike) -> ModelConfig:
         raise CheckpointError(f"{path}: invalid stored model config: {exc}") from exc
 
 
-class _BuildBudgetExceeded(Exception):
-    """Raised from a registration hook: the config builds more than the file can describe."""
-
-
-def _meta_shapes(config: ModelConfig, path: Path, max_parameters: int,
-                 max_tensors: int) -> dict[str, torch.Size]:
-    """State-dict shapes of ``SGPSAMModel(config)`` built on the meta device (no memory).
-
-    Module construction is watched by torch's global registration hooks (this thread only)
-    and stopped as soon as it declares more than ``max_parameters`` values or ``max_tensors``
-    tensors/modules, so even a config declaring millions of blocks costs nothing.
-    """
-    owner = threading.get_ident()
-    used = {"values": 0, "tensors": 0, "modules": 0}
-
-    def count(tensor: Any) -> None:
-        if threading.get_ident() != owner or tensor is None:
-            return
-        used["values"] += int(tensor.numel())
-        used["tensors"] += 1
-        if used["values"] > max_parameters:
-            raise _BuildBudgetExceeded("values")
-        if used["tensors"] > max_tensors:
-            raise _BuildBudgetExceeded("tensors")
-
-    def on_module(module: Any, name: str, submodule: Any) -> None:
-        if threading.get_ident() == owner:
-            used["modules"] += 1
-            if used["modules"] > 4 * max_tensors:
-                raise _BuildBudgetExceeded("tensors")
-
-    from torch.nn.modules import module as torch_module
-
-    handles = [
-        torch_module.register_module_parameter_registration_hook(lambda m, n, t: count(t)),
-        torch_module.register_module_buffer_registration_hook(lambda m, n, t: count(t)),
-        torch_module.register_module_module_registration_hook(on_module),
-    ]
-    try:
-        with torch.device("meta"):
-            model = SGPSAMModel(config)
-        return {k: v.shape for k, v in model.state_dict().items()}
-    except _BuildBudgetExceeded as exc:
-        if str(exc) == "values":
-            raise CheckpointError(
-                f"{path}: the stored model config ('{config.preset}') declares more than "
-                f"{max_parameters:,} parameters; refusing to build it (if this is a genuine "
-                f"model, raise {MAX_PARAMETERS_ENV})") from None
-        raise CheckpointError(
-            f"{path}: the stored model config ('{config.preset}') builds more than "
-            f"{max_tensors:,} tensors, far more than the file holds; it does not describe "
-            "these weights") from None
-    except Exception as exc:  # noqa: BLE001 - a config the model class cannot build
-        raise CheckpointError(f"{path}: the stored model config ('{config.preset}') cannot be "
-                              f"built: {type(exc).__name__}: {exc}") from None
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def check_config_buildable(config: ModelConfig, path: PathLike,
                            file_tensors: int) -> dict[str, torch.Size]:
     """State-dict shapes of ``config``'s model, built on the meta device within the limits.
@@ -322,23 +248,27 @@ def check_config_buildable(config: ModelConfig, path: PathLike,
     :func:`max_model_parameters` values, far more tensors than the ``file_tensors`` a file
     holds, or cannot be built at all.
     """
-    return _meta_shapes(config, Path(path), max_model_parameters(), 4 * file_tensors + 1024)
+    return declared_shapes(config, path, file_tensors)
 
 
 def check_config_fits(config: ModelConfig, state: dict[str, torch.Tensor], path: PathLike,
-                      allow_missing_sgpm: bool = False) -> None:
+                      allow_missing_sgpm: bool = False,
+                      expected: dict[str, torch.Size] | None = None) -> None:
     """Check, before anything is allocated, that ``config`` builds exactly ``state``'s tensors.
 
     The model is built on PyTorch's meta device (shapes only, for any config the model class
-    accepts), bounded by :func:`max_model_parameters`; then every key and shape is compared.
-    ``allow_missing_sgpm``: official weights without SGPM may leave the SGPM at their init.
+    accepts, see :mod:`SGPSAMLib.config_check`), bounded by :func:`max_model_parameters`;
+    then every key and shape is compared. ``allow_missing_sgpm``: official weights without
+    SGPM may leave the SGPM at their init. ``expected``: the shapes, when already known (a
+    model built from a trusted preset).
 
     Raises:
         CheckpointError: too large a config, one the model cannot build, or missing /
             unexpected / mis-shaped keys (all listed).
     """
     path = Path(path)
-    expected = check_config_buildable(config, path, len(state))
+    if expected is None:
+        expected = check_config_buildable(config, path, len(state))
     missing = [k for k in expected if k not in state]
     if allow_missing_sgpm:
         missing = [k for k in missing if _SGPM_KEY not in k]
@@ -384,14 +314,17 @@ def load_model(path: PathLike, device: str | torch.device = "cpu",
     has_sgpm = any(_SGPM_KEY in k for k in state)
     if config_dict is not None:
         config = config_from_checkpoint(config_dict, path)
+        # The file's own config: validated on the meta device before anything is allocated.
+        check_config_fits(config, state, path, allow_missing_sgpm=not has_sgpm)
+        model = SGPSAMModel(config)
     else:
         name = preset or ("sgp_sam" if has_sgpm else "sam_med3d")
         if name not in PRESETS:
             raise CheckpointError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         config = PRESETS[name]
-    # Validated on the meta device first: a config that lies is refused before allocation.
-    check_config_fits(config, state, path, allow_missing_sgpm=not has_sgpm)
-    model = SGPSAMModel(config)
+        model = SGPSAMModel(config)  # one of ours: safe to build, then compared
+        check_config_fits(config, state, path, allow_missing_sgpm=not has_sgpm,
+                          expected={k: v.shape for k, v in model.state_dict().items()})
     model.load_state_dict(state, strict=False)
     if device == "auto" or (isinstance(device, str) and device != "cpu"):
         from .devices import resolve_device

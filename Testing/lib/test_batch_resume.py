@@ -71,6 +71,11 @@ def test_a_replaced_checkpoint_is_redone(tmp_path: Path, oracle_loader: list) ->
     assert _statuses(run_batch(_config(tmp_path, checkpoint))) == [("a", "ok"), ("b", "ok")]
     assert _statuses(run_batch(_config(tmp_path, checkpoint))) == [("a", "skipped"),
                                                                    ("b", "skipped")]
+    content = checkpoint.read_bytes()
+    checkpoint.unlink()
+    checkpoint.write_bytes(content)  # copied (or downloaded) again: same weights, new time
+    assert _statuses(run_batch(_config(tmp_path, checkpoint))) == [("a", "skipped"),
+                                                                   ("b", "skipped")]
     checkpoint.write_bytes(b"other weights, same path")
     assert _statuses(run_batch(_config(tmp_path, checkpoint))) == [("a", "ok"), ("b", "ok")]
 

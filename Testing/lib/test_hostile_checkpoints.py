@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SGPSAMLib import build
+from SGPSAMLib import build, config_check
 from SGPSAMLib.build import PRESETS, build_model, describe_checkpoint, load_model, save_checkpoint
 from SGPSAMLib.errors import CheckpointError
 from SGPSAMLib.modeling import SGPSAMModel
@@ -37,7 +37,9 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the device of every SGPSAMModel that load_model constructs."""
     devices: list[str] = []
 
-    monkeypatch.setattr(build, "SGPSAMModel", _recording(devices))
+    recording = _recording(devices)
+    monkeypatch.setattr(build, "SGPSAMModel", recording)
+    monkeypatch.setattr(config_check, "SGPSAMModel", recording)
     return devices
 
 
@@ -127,6 +129,44 @@ def test_bad_stored_configs_are_named(tmp_path: Path, tiny: SGPSAMModel, config:
     if not isinstance(config, dict):
         with pytest.raises(CheckpointError, match=message):
             describe_checkpoint(path)  # `sgpsam info` too
+
+
+def test_without_the_meta_device_the_cpu_build_is_bounded_before_allocating(
+        tmp_path: Path, tiny: SGPSAMModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the meta build fails for a reason that is not the config's (a missing meta kernel,
+    an optional import torch makes lazily), the check builds on the CPU under the same limits,
+    every tensor factory call checked before it allocates."""
+    requested: list[str] = []
+
+    class NoMeta(SGPSAMModel):
+        def __init__(self, config) -> None:
+            requested.append(torch.empty(0).device.type)
+            if requested[-1] == "meta":
+                raise NotImplementedError("no meta kernel for some op")
+            super().__init__(config)
+
+    monkeypatch.setattr(config_check, "SGPSAMModel", NoMeta)
+    good = save_checkpoint(tiny, tmp_path / "tiny.pt")
+    assert load_model(good).config == tiny.config and requested == ["meta", "cpu"]
+    monkeypatch.setenv(LIMIT_ENV, "1000000")  # a 1.5 M-parameter config: over this limit
+    wide = _crafted(tmp_path / "wide.pt", dict(tiny.config.to_dict(), embed_dim=256,
+                                                num_heads=2))
+    allocated: list[int] = []
+    real_empty = torch.empty
+
+    def recording_empty(*args, **kwargs):
+        tensor = real_empty(*args, **kwargs)
+        allocated.append(tensor.numel())
+        return tensor
+
+    monkeypatch.setattr(torch, "empty", recording_empty)
+    with pytest.raises(CheckpointError, match="declares more than 1,000,000 parameters"):
+        load_model(wide)
+    assert sum(allocated) <= 1_000_000  # stopped before the allocation that crossed it
+    monkeypatch.setattr(config_check, "SGPSAMModel", NoMeta)
+    broken = _crafted(tmp_path / "nan.pt", dict(tiny.config.to_dict(), mlp_ratio=float("nan")))
+    with pytest.raises(CheckpointError, match="cannot be built: ValueError"):
+        load_model(broken)
 
 
 def test_parameter_limit_is_configurable(tmp_path: Path, tiny: SGPSAMModel,
