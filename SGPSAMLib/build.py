@@ -314,15 +314,17 @@ def load_model(path: PathLike, device: str | torch.device = "cpu",
     has_sgpm = any(_SGPM_KEY in k for k in state)
     if config_dict is not None:
         config = config_from_checkpoint(config_dict, path)
-        # The file's own config: validated on the meta device before anything is allocated.
-        check_config_fits(config, state, path, allow_missing_sgpm=not has_sgpm)
-        model = SGPSAMModel(config)
     else:
         name = preset or ("sgp_sam" if has_sgpm else "sam_med3d")
         if name not in PRESETS:
             raise CheckpointError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         config = PRESETS[name]
-        model = SGPSAMModel(config)  # one of ours: safe to build, then compared
+    if config not in PRESETS.values():
+        # The file's own config: validated on the meta device before anything is allocated.
+        check_config_fits(config, state, path, allow_missing_sgpm=not has_sgpm)
+        model = SGPSAMModel(config)
+    else:  # exactly one of our presets: safe to build, then compared key by key
+        model = SGPSAMModel(config)
         check_config_fits(config, state, path, allow_missing_sgpm=not has_sgpm,
                           expected={k: v.shape for k, v in model.state_dict().items()})
     model.load_state_dict(state, strict=False)

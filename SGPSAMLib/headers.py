@@ -11,7 +11,7 @@ with one :class:`VolumeIOError` naming the file:
 - **data shorter than the header declares**: raw data against the file size, ASCII/hex data
   against its length; compressed data against the most any deflate stream of that size can
   expand to (about 1032:1) and, for NIfTI and MetaImage, by decompressing it once in bounded
-  chunks and counting (ITK would zero-fill there); NRRD checks its own decompressed count;
+  chunks and counting (ITK would zero-fill there; NRRD's reader counts gzip data itself);
 - **NaN/Inf voxels in NIfTI float data**, counted in the same pass, because ITK's NIfTI reader
   turns them into 0 (the reader then refuses them, as it does for every other format).
 
@@ -488,9 +488,9 @@ def _check_nrrd(path: Path, max_bytes: int | None) -> None:
         if available < 2 * voxels - 1:
             raise _short(path, declared, f"its {max(available, 0)} characters of text cannot "
                                          f"hold {voxels} values")
-    elif encoding in ("gzip", "bzip2"):
-        if encoding == "gzip":
-            _check_compressed_bound(path, declared, max(available, 0))
+    elif encoding == "gzip":  # NrrdIO counts what it inflates itself: only bound memory
+        _check_compressed_bound(path, declared, max(available, 0))
+    elif encoding == "bzip2":  # no useful ratio bound: count
         _check_stream(path, declared, files, start + max(byte_skip, 0), encoding)
 
 

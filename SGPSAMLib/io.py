@@ -68,6 +68,9 @@ def _stem(path: Path) -> str:
 def _itk_reason(exc: Exception) -> str:
     """One short line out of a long multi-line ITK exception text."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    nrrd = [ln for ln in lines if ln.startswith("[nrrd]")]
+    if nrrd:  # NrrdIO's innermost line says what is wrong ("expected N bytes but received M")
+        return nrrd[-1]
     for ln in lines:
         if "ITK ERROR" in ln or "Could not" in ln or "Unable" in ln:
             return ln

@@ -104,8 +104,12 @@ def test_stored_config_must_match_the_weights_before_building(tmp_path: Path, ti
     assert builds == ["meta"]
     good = save_checkpoint(tiny, tmp_path / "good.pt")
     loaded = load_model(good)
-    assert builds == ["meta", "meta", "cpu"]  # validated, then built for real
+    assert builds == ["meta", "cpu"]  # exactly a preset of ours: built, then compared
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tiny.state_dict().items())
+    variant = _crafted(tmp_path / "variant.pt", dict(tiny.config.to_dict(),
+                                                      gate_mode="always_on"), tiny.state_dict())
+    assert load_model(variant).config.gate_mode == "always_on"
+    assert builds == ["meta", "cpu", "meta", "cpu"]  # not a preset: validated first
 
 
 @pytest.mark.parametrize("config, message", [
@@ -146,8 +150,9 @@ def test_without_the_meta_device_the_cpu_build_is_bounded_before_allocating(
             super().__init__(config)
 
     monkeypatch.setattr(config_check, "SGPSAMModel", NoMeta)
-    good = save_checkpoint(tiny, tmp_path / "tiny.pt")
-    assert load_model(good).config == tiny.config and requested == ["meta", "cpu"]
+    good = _crafted(tmp_path / "variant.pt", dict(tiny.config.to_dict(), gate_mode="always_on"),
+                    tiny.state_dict())  # not exactly a preset: its config is checked
+    assert load_model(good).config.gate_mode == "always_on" and requested == ["meta", "cpu"]
     monkeypatch.setenv(LIMIT_ENV, "1000000")  # a 1.5 M-parameter config: over this limit
     wide = _crafted(tmp_path / "wide.pt", dict(tiny.config.to_dict(), embed_dim=256,
                                                 num_heads=2))
@@ -171,7 +176,8 @@ def test_without_the_meta_device_the_cpu_build_is_bounded_before_allocating(
 
 def test_parameter_limit_is_configurable(tmp_path: Path, tiny: SGPSAMModel,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    path = save_checkpoint(tiny, tmp_path / "tiny.pt")
+    path = _crafted(tmp_path / "variant.pt", dict(tiny.config.to_dict(), gate_mode="always_on"),
+                    tiny.state_dict())
     monkeypatch.setenv(LIMIT_ENV, "1000")
     with pytest.raises(CheckpointError, match="declares more than 1,000 parameters"):
         load_model(path)
@@ -179,7 +185,10 @@ def test_parameter_limit_is_configurable(tmp_path: Path, tiny: SGPSAMModel,
     with pytest.raises(CheckpointError, match=f"{LIMIT_ENV}='ten'"):
         load_model(path)
     monkeypatch.setenv(LIMIT_ENV, "2e9")
-    assert load_model(path).config == tiny.config
+    assert load_model(path).config.gate_mode == "always_on"
+    # A file holding exactly one of our presets needs no check of its config (nor the limit).
+    monkeypatch.setenv(LIMIT_ENV, "1000")
+    assert load_model(save_checkpoint(tiny, tmp_path / "tiny.pt")).config == tiny.config
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

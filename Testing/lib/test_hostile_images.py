@@ -90,7 +90,10 @@ def test_data_shorter_than_declared_in_every_format(tmp_path: Path) -> None:
     """Item 1, the class of bug: each format and encoding ITK reads (ITK zero-fills NIfTI and
     compressed MetaImage) refuses data shorter than its header declares, naming the file."""
     for kind, path in _short_files(tmp_path).items():
-        with pytest.raises(VolumeIOError, match="declares .* but ") as info:
+        # NRRD's own reader counts gzip data (it does not zero-fill): its words, then.
+        message = "expected 1920 bytes but received 640" if kind == "nrrd gzip" else \
+            "declares .* but "
+        with pytest.raises(VolumeIOError, match=message) as info:
             read_volume(path)
         assert str(path) in str(info.value), kind
 
