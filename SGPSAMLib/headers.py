@@ -141,19 +141,22 @@ def _damaged(path: Path, error: str) -> VolumeIOError:
 # ------------------------------------------------------------------------------------------------
 # Streams.
 
-def _decompressed_chunks(files: list[Path], offset: int, kind: str) -> Iterator[bytes]:
+def _decompressed_chunks(files: list[Path], offset: int, kind: str,
+                         limit: int | None = None) -> Iterator[bytes]:
     """Decompressed bytes of ``files`` (concatenated, the first from ``offset``) in bounded
     chunks, so that a small file declaring (or expanding to) gigabytes never fills memory.
 
     ``kind`` "gzip" (members one after the other, CRC and length checked, trailing non-gzip
     bytes ignored as zlib's gzread does), "zlib" (zlib or gzip framing, as MetaIO inflates)
     or "bzip2". A stream that ends early or is corrupt raises (EOFError, zlib.error, OSError)
-    after the bytes before the damage have been yielded.
+    after the bytes before the damage have been yielded. ``limit``: read at most that many
+    compressed bytes of a single file (MetaImage's CompressedDataSize: all its reader reads).
     """
     for n, path in enumerate(files):
-        with open(path, "rb") as handle:
+        with open(path, "rb") as raw_handle:
             if n == 0 and offset:
-                handle.seek(offset)
+                raw_handle.seek(offset)
+            handle = _Limited(raw_handle, limit) if limit is not None else raw_handle
             if kind == "bzip2":
                 yield from _bzip2_chunks(handle)
                 continue
@@ -177,6 +180,18 @@ def _decompressed_chunks(files: list[Path], offset: int, kind: str) -> Iterator[
                     if kind != "gzip" or not rest.startswith(b"\x1f\x8b"):
                         break
                     decomp, pending = zlib.decompressobj(47), rest
+
+
+class _Limited:
+    """A binary file's ``read`` that stops after ``limit`` bytes."""
+
+    def __init__(self, handle, limit: int) -> None:
+        self.handle, self.left = handle, limit
+
+    def read(self, size: int) -> bytes:
+        block = self.handle.read(max(0, min(size, self.left)))
+        self.left -= len(block)
+        return block
 
 
 def _bzip2_chunks(handle) -> Iterator[bytes]:
@@ -237,9 +252,9 @@ def _scan_raw(path: Path, offset: int, needed: int, scan_dtype: str) -> int:
 
 
 def _check_stream(path: Path, declared: DeclaredImage, files: list[Path], offset: int,
-                  kind: str) -> None:
+                  kind: str, limit: int | None = None) -> None:
     """Decompress once (bounded chunks) and refuse data shorter than declared, or damaged."""
-    seen, _, error = _count_stream(_decompressed_chunks(files, offset, kind), 0,
+    seen, _, error = _count_stream(_decompressed_chunks(files, offset, kind, limit), 0,
                                    declared.nbytes, None)
     if seen < declared.nbytes:
         raise _short(path, declared, f"its compressed data holds only {seen} bytes"
@@ -552,8 +567,21 @@ def _check_metaimage(path: Path, max_bytes: int | None) -> None:
             raise _short(path, declared, f"the data holds only {max(available, 0)} bytes "
                                          f"(needs {needed})")
         return
-    _check_compressed_bound(path, declared, max(available, 0))
-    _check_stream(path, declared, files, start, "zlib")
+    limit = None
+    size_field = fields.get("compresseddatasize", "")
+    if size_field:  # MetaIO reads exactly this many compressed bytes
+        try:
+            limit = int(size_field)
+        except ValueError:
+            raise VolumeIOError(f"{path}: invalid MetaImage header: CompressedDataSize "
+                                f"{size_field!r}") from None
+        if limit <= 0 or limit > max(available, 0):
+            raise _short(path, declared, f"its CompressedDataSize = {limit} bytes is not what "
+                                         f"the file holds ({max(available, 0)} bytes)")
+        if len(files) != 1:
+            limit = None
+    _check_compressed_bound(path, declared, limit or max(available, 0))
+    _check_stream(path, declared, files, start, "zlib", limit)
 
 
 def _remaining_lines(path: Path, start: int) -> list[str]:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,6 +160,53 @@ def _refuse_nonfinite(array: np.ndarray, path: Path, hidden: int) -> None:
                           "them (e.g. with the background value) and save the image again")
 
 
+# What ITK's readers print on the C++ stderr when they give up on the data but still return an
+# image (MetaIO, NIfTI): such an image holds zeros or garbage and is refused.
+_SILENT_FAILURES = ("Uncompress failed", "data not read completely",
+                    "file stream is fail after read")
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _native_stderr_captured(printed: list[str]) -> Iterator[None]:
+    """Collect what C++ code writes on file descriptor 2 meanwhile (ITK's MetaIO and NIfTI
+    readers print there directly), so that a command-line error stays one line; the text is
+    logged, and kept in ``printed`` for :func:`_refuse_silent_failures`. One thread at a time:
+    descriptor 2 is process-wide."""
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no usable stderr (some GUI processes): nothing to capture
+            yield
+            return
+        try:
+            with tempfile.TemporaryFile() as sink:
+                try:
+                    sys.stderr.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+                    sink.seek(0)
+                    text = sink.read(1 << 16).decode("utf-8", "replace").strip()
+                    if text:
+                        printed.append(text)
+                        logger.info("ITK: %s", " | ".join(text.splitlines()[:20]))
+        finally:
+            os.close(saved)
+
+
+def _refuse_silent_failures(path: Path, printed: list[str]) -> None:
+    lines = [line.strip() for text in printed for line in text.splitlines()]
+    for line in lines:
+        if any(phrase in line for phrase in _SILENT_FAILURES):
+            raise VolumeIOError(f"cannot read {path}: ITK could not decode its voxel data "
+                                f"({line}); the file is damaged")
+
+
 def read_volume(path: PathLike, max_bytes: int | None = None) -> Volume:
     """Read a 3-D scalar volume from a file or a DICOM series folder; name = file stem.
 
@@ -169,18 +219,18 @@ def read_volume(path: PathLike, max_bytes: int | None = None) -> Volume:
     if not p.exists():
         raise VolumeIOError(f"{p}: no such file or folder; expected {READ_FORMATS}")
     hidden_nonfinite = 0
+    printed: list[str] = []
     try:
-        if p.is_dir():
-            image = _read_dicom_folder(p, max_bytes)
-            name = p.name
-        else:
+        if not p.is_dir():
             hidden_nonfinite = check_image_file(p, max_bytes)
-            image = sitk.ReadImage(str(p))
-            name = _stem(p)
+        with _native_stderr_captured(printed):
+            image = _read_dicom_folder(p, max_bytes) if p.is_dir() else sitk.ReadImage(str(p))
+        name = p.name if p.is_dir() else _stem(p)
     except RuntimeError as exc:
         raise VolumeIOError(
             f"cannot read {p} as an image ({_itk_reason(exc)}); expected {READ_FORMATS}"
         ) from exc
+    _refuse_silent_failures(p, printed)
     volume = volume_from_sitk(image, name=str(p))
     _refuse_nonfinite(volume.array, p, hidden_nonfinite)
     return Volume(volume.array, volume.ijk_to_ras, name)

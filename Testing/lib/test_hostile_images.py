@@ -269,3 +269,41 @@ def test_cli_crafted_headers_exit_2_within_bounded_memory(tmp_path: Path) -> Non
         assert len(lines) == 1 and lines[0].startswith("sgpsam: error: "), result.stderr
         assert name in lines[0] and "declares" in lines[0], lines[0]
         assert not (tmp_path / "mask.nii.gz").exists()
+
+
+def test_what_itk_only_prints_is_caught_and_kept_off_the_console(
+        tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """ITK's MetaImage reader prints "Uncompress failed" on the C++ stderr and returns garbage
+    when CompressedDataSize is missing; that is refused, and nothing ITK prints reaches the
+    console (a command-line error stays one line)."""
+    whole = _write(tmp_path / "whole.mha").read_bytes()
+    renamed = tmp_path / "nosize.mha"
+    renamed.write_bytes(whole.replace(b"CompressedDataSize", b"CompressedDataSiXe"))
+    with pytest.raises(VolumeIOError, match="ITK could not decode its voxel data .*Uncompress "
+                                            "failed"):
+        read_volume(renamed)
+    lying = tmp_path / "lying.mha"
+    size = int(whole.split(b"CompressedDataSize = ")[1].split(b"\n")[0])
+    lying.write_bytes(whole.replace(f"CompressedDataSize = {size}".encode(),
+                                    f"CompressedDataSize = {size * 50}".encode()))
+    with pytest.raises(VolumeIOError, match="CompressedDataSize"):
+        read_volume(lying)
+    broken = tmp_path / "noheader.mha"
+    broken.write_bytes(b"ObjectType = Image\nNDims = 3\nElementDataFile = LOCAL\n" + SHORT)
+    with pytest.raises(VolumeIOError, match="cannot read"):
+        read_volume(broken)
+    captured = capfd.readouterr()
+    assert "required and not defined" not in captured.err and "Uncompress" not in captured.err
+    np.testing.assert_array_equal(read_volume(tmp_path / "whole.mha").array, ARRAY)
+    print("stderr works again", file=sys.stderr)
+    assert "stderr works again" in capfd.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux-only")
+def test_cli_malformed_metaimage_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.mha").write_bytes(b"ObjectType = Image\nNDims = 3\nElementDataFile = "
+                                       b"LOCAL\n" + SHORT)
+    result = run_cli_limited(["segment", "bad.mha", "--model", "demo", "--point=0,0,0",
+                              "--out", "mask.nii.gz"], tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("sgpsam: error: cannot read bad.mha")
