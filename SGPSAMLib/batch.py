@@ -27,10 +27,21 @@ behaviours a user relies on, each a deliberate choice:
   reported as status ``failed`` with the message, and the run goes on. A case without seeds
   (or with negative seeds only) is reported as ``no_seeds`` and nothing is written.
 - **Resume.** After every case a JSON line is appended to
-  ``<output>/sgpsam_batch[_shardIofN].jsonl`` and the summary files are rewritten atomically.
-  A case is skipped (status ``skipped``, earlier numbers kept) when some journal in the output
-  folder says ``ok`` for the same image, output file, seed points and model, and the output
-  file exists; ``overwrite`` redoes every case. Failed and ``no_seeds`` cases are retried.
+  ``<output>/sgpsam_batch[_shardIofN].jsonl`` (flushed; a torn line from a kill is skipped and
+  never swallows the next record) and the summary files are rewritten atomically. A case is
+  skipped (status ``skipped``, earlier numbers kept) when some journal in the output folder
+  says ``ok`` for the same image *content* (size, modification time and a hash of its first and
+  last MiB), the same seed points, the same checkpoint (path, size and SHA-256) and the
+  same output file, and that output is still the file written (size and SHA-256). A replaced
+  image or checkpoint redoes the case; a missing or unreadable (damaged) output is redone; an
+  output that still reads but was changed since (e.g. corrected by hand in Slicer) is kept,
+  reported ``skipped`` with its numbers counted from the file and a warning. ``overwrite``
+  redoes every case. Failed and ``no_seeds`` cases are retried.
+- **One run per folder.** A run holds a lock in the output folder for its whole life (one per
+  shard): a second run on the same folder (same shard, or unsharded while shards run) stops at
+  once with "folder in use" (exit 2) instead of racing on the same files. A run killed with
+  ``kill -9`` blocks nothing (the operating system drops its lock); its stale temporary files
+  are removed by the next run.
 - **Stop.** ``stop()`` is polled before every case and every lesion; a stop abandons the
   current case (nothing written for it), writes the summary and ends with ``stopped``.
 - **Shards.** ``shard=(i, n)`` processes cases ``i, i + n, i + 2n, ...`` of the sorted list
@@ -49,9 +60,6 @@ behaviours a user relies on, each a deliberate choice:
 """
 from __future__ import annotations
 
-import csv
-import io as _io
-import json
 import logging
 import os
 import re
@@ -60,16 +68,25 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
+from .batch_journal import (
+    JOURNAL_PREFIX,
+    append_journal,
+    lock_output_folder,
+    read_journals,
+    reusable_record,
+    shard_suffix,
+    write_summary,
+)
 from .errors import CheckpointError, PromptError, SGPSAMError, VolumeIOError
 from .geometry import Volume
-from .io import atomic_write, read_volume, write_labelmap
+from .io import read_volume, write_labelmap
 from .result_checks import background_level, background_point_warning
+from .runfiles import fingerprint, remove_stale_temporaries, sha256_file
 from .seeds import (
     SPACES,
     Lesion,
@@ -96,9 +113,7 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 STATUSES = ("ok", "skipped", "no_seeds", "failed")
 SUMMARY_COLUMNS = ("case", "image", "output", "lesions", "voxels", "volume_ml", "seconds",
                    "status", "error", "warnings")
-JOURNAL_PREFIX = "sgpsam_batch"
 MARKUPS_SUFFIX = ".mrk.json"
-_TMP_NAME = re.compile(r"\.tmp[0-9a-f]{8}")
 _DICOM_PROBE_FILES = 3
 
 
@@ -172,6 +187,11 @@ class CaseResult:
     model: str = ""
     output_format: str = ""
     finished_at: str = ""
+    # Resume evidence (see batch_journal): what the case was computed from and what it wrote.
+    image_fingerprint: str = ""
+    model_fingerprint: str = ""
+    output_sha256: str = ""
+    output_bytes: int = 0
 
     def row(self) -> dict[str, Any]:
         """The summary table row (SUMMARY_COLUMNS)."""
@@ -410,68 +430,6 @@ def _match_csv_cases(seed_map: dict[str, list[Seed]], cases: Sequence[CaseInput]
 
 
 # ------------------------------------------------------------------------------------------------
-# Journal and summary files.
-
-def _shard_suffix(shard: tuple[int, int] | None) -> str:
-    return "" if shard is None else f"_shard{shard[0]}of{shard[1]}"
-
-
-def _read_journals(folder: Path) -> dict[str, dict]:
-    """Latest record per case over every journal in ``folder`` (torn last lines ignored)."""
-    latest: dict[str, dict] = {}
-    for path in sorted(folder.glob(f"{JOURNAL_PREFIX}*.jsonl")):
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            log.warning("cannot read journal %s: %s", path, exc)
-            continue
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(record, dict) or "case" not in record:
-                continue
-            previous = latest.get(record["case"])
-            if previous is None or str(record.get("finished_at", "")) >= \
-                    str(previous.get("finished_at", "")):
-                latest[record["case"]] = record
-    return latest
-
-
-def _append_journal(path: Path, record: dict) -> None:
-    line = json.dumps(record, separators=(",", ":")) + "\n"
-    try:
-        with open(path, "a", encoding="utf-8") as f:  # one write; a torn last line is ignored
-            f.write(line)
-    except OSError as exc:
-        raise VolumeIOError(f"cannot write the batch journal {path}: {exc}") from exc
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        try:
-            tmp.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise VolumeIOError(f"cannot write {path}: {exc}") from exc
-
-
-def _write_summary(results: Sequence[CaseResult], csv_path: Path, json_path: Path,
-                   meta: dict) -> None:
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(SUMMARY_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    for result in results:
-        writer.writerow(result.row())
-    _write_text_atomic(csv_path, buffer.getvalue())
-    counts = dict.fromkeys(STATUSES, 0)
-    for result in results:
-        counts[result.status] = counts.get(result.status, 0) + 1
-    document = dict(meta, counts=counts, cases=[r.record() for r in results])
-    _write_text_atomic(json_path, json.dumps(document, indent=1) + "\n")
-
-
-# ------------------------------------------------------------------------------------------------
 # The run.
 
 def _now() -> str:
@@ -493,6 +451,20 @@ def _model_id(model: Any) -> str:
     if isinstance(meta, dict) and meta.get("path"):
         return str(Path(meta["path"]).resolve())
     return type(model).__name__
+
+
+def _model_fingerprint(model: Any) -> str:
+    """The checkpoint's size and SHA-256: a replaced checkpoint at the same path redoes the
+    cases, the same file copied or downloaded again (new modification time) does not."""
+    if not isinstance(model, (str, os.PathLike)):
+        meta = getattr(model, "checkpoint_metadata", None)
+        if not (isinstance(meta, dict) and meta.get("path")):
+            return ""
+        model = meta["path"]
+    try:
+        return f"{Path(model).stat().st_size}:{sha256_file(Path(model))}"
+    except OSError:
+        return ""
 
 
 def _resolve_model_spec(spec: Any) -> Any:
@@ -529,6 +501,7 @@ class _Runner:
         self._model = None
         self.model_spec = _resolve_model_spec(config.model)
         self.model_id = _model_id(self.model_spec)
+        self.model_fingerprint = _model_fingerprint(self.model_spec)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -593,18 +566,14 @@ class _Runner:
             seeds.extend(read_markups(path, lesion_name=tag or None, taken=taken))
         return seeds, "" if seeds else "the markups file(s) hold no defined control points"
 
-    def previous_ok(self, case: CaseInput, out: Path, sha: str) -> dict | None:
+    def previous_ok(self, case: CaseInput, out: Path, sha: str, image_fp: str) -> dict | None:
+        """The journal record to keep for this case (skip it), or None to redo it."""
         c = self.config
         if c.overwrite or not c.resume:
             return None
-        record = self.journal.get(case.case_id)
-        if not record or record.get("status") not in ("ok", "skipped"):
-            return None
-        same = (record.get("image") == str(case.path.resolve())
-                and record.get("output") == str(out.resolve())
-                and record.get("seeds_sha") == sha
-                and record.get("model") == self.model_id)
-        return record if same and out.is_file() else None
+        return reusable_record(self.journal.get(case.case_id), case.case_id,
+                               str(case.path.resolve()), out, sha, image_fp, self.model_id,
+                               self.model_fingerprint, c.output_format)
 
     def segment(self, case: CaseInput, volume: Volume, lesions: list[Lesion],
                 result: CaseResult, index: int) -> np.ndarray:
@@ -671,7 +640,7 @@ class _Runner:
 
     def write(self, labels: np.ndarray, volume: Volume, lesions: list[Lesion], out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(out)
+        remove_stale_temporaries([out])
         if self.config.output_format == "seg.nrrd":
             segments = [SegmentInfo(lesion.label_value, lesion.name,
                                     default_color(lesion.label_value)) for lesion in lesions]
@@ -699,10 +668,13 @@ class _Runner:
             self.emit(self.progress_event(index, case, "seeds"))
             seeds, why = self.seeds_for(case)
             result.seeds_sha = seeds_fingerprint(seeds)
-            previous = self.previous_ok(case, out, result.seeds_sha)
+            result.image_fingerprint = fingerprint(case.path)
+            result.model_fingerprint = self.model_fingerprint
+            previous = self.previous_ok(case, out, result.seeds_sha, result.image_fingerprint)
             if previous is not None:
                 for key in ("output", "lesions", "voxels", "volume_ml", "seconds",
-                            "lesion_details", "warnings", "finished_at"):
+                            "lesion_details", "warnings", "finished_at", "output_sha256",
+                            "output_bytes"):
                     if key in previous:
                         setattr(result, key, previous[key])
                 result.status = "skipped"
@@ -721,6 +693,8 @@ class _Runner:
             self.write(labels, volume, lesions, out)
             voxels = sum(d["voxels"] for d in result.lesion_details)
             result.output = str(out.resolve())
+            result.output_sha256 = sha256_file(out)
+            result.output_bytes = out.stat().st_size
             result.lesions = len(lesions)
             result.voxels = int(voxels)
             result.volume_ml = voxels * _voxel_ml(volume)
@@ -786,11 +760,25 @@ class _Runner:
         except OSError as exc:
             raise VolumeIOError(f"output {out_dir}: cannot create folder ({exc})") from exc
         _check_writable(out_dir)
-        suffix = _shard_suffix(c.shard)
+        lock = lock_output_folder(out_dir, c.shard)  # FolderInUse: another run is here
+        try:
+            return self.run_locked(cases, cases_all, unmatched, in_dir, out_dir, started)
+        finally:
+            lock.release()
+
+    def run_locked(self, cases: list[CaseInput], cases_all: list[CaseInput],
+                   unmatched: list[str], in_dir: Path, out_dir: Path,
+                   started: float) -> BatchSummary:
+        """The run proper, while this process holds the output folder's lock."""
+        c = self.config
+        suffix = shard_suffix(c.shard)
         journal_path = out_dir / f"{JOURNAL_PREFIX}{suffix}.jsonl"
         csv_path_out = out_dir / f"summary{suffix}.csv"
         json_path_out = out_dir / f"summary{suffix}.json"
-        self.journal = _read_journals(out_dir) if c.resume and not c.overwrite else {}
+        # Temporaries of this run's own files that a kill left behind (safe: we hold the lock).
+        remove_stale_temporaries([csv_path_out, json_path_out] + [
+            output_path(out_dir, case.case_id, c.output_format) for case in cases])
+        self.journal = read_journals(out_dir) if c.resume and not c.overwrite else {}
         self.total = len(cases)
         self.processed = 0
         self.worked = 0
@@ -825,15 +813,16 @@ class _Runner:
                 if result.status not in ("skipped",):
                     self.worked += 1
                     self.work_seconds += result.seconds
-                    _append_journal(journal_path, result.record())
+                    append_journal(journal_path, result.record())
                 meta["finished_at"] = _now()
-                _write_summary(results, csv_path_out, json_path_out, meta)
+                write_summary(results, csv_path_out, json_path_out, meta, SUMMARY_COLUMNS,
+                              STATUSES)
                 self.emit(dict(result.row(), event="case", index=index + 1, total=len(cases),
                                warnings=result.warnings))
         finally:
             meta["stopped"] = stopped
             meta["finished_at"] = _now()
-            _write_summary(results, csv_path_out, json_path_out, meta)
+            write_summary(results, csv_path_out, json_path_out, meta, SUMMARY_COLUMNS, STATUSES)
         summary = BatchSummary(results=results, stopped=stopped,
                                seconds=time.perf_counter() - started, total=len(cases),
                                found=len(cases_all), summary_csv=csv_path_out,
@@ -895,27 +884,6 @@ def _assign(labels: np.ndarray, state, value: int) -> tuple[int, int]:
     written = int(np.count_nonzero(write))
     sub[write] = value
     return written, int(np.count_nonzero(sub_mask)) - written
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Delete temporaries an earlier hard-killed write of this very output left behind.
-
-    Names follow ``io.atomic_write``: ``.<stem>.tmp<8 hex><suffix>`` where the suffix is the
-    last extension, or the last two when the last is ``.gz``.
-    """
-    name = out.name
-    parts = name.split(".")
-    suffix = "." + ".".join(parts[-2:]) if len(parts) > 2 and parts[-1].lower() == "gz" \
-        else (("." + parts[-1]) if len(parts) > 1 else "")
-    stem = name[: len(name) - len(suffix)]
-    for candidate in out.parent.glob(f".{glob_escape(stem)}.tmp*{suffix}"):
-        middle = candidate.name[len(stem) + 1: len(candidate.name) - len(suffix)]
-        if _TMP_NAME.fullmatch(middle):
-            try:
-                candidate.unlink()
-                log.info("removed stale temporary file %s", candidate)
-            except OSError as exc:
-                log.warning("cannot remove stale temporary file %s: %s", candidate, exc)
 
 
 def _free_device_memory() -> None:

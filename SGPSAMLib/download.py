@@ -8,7 +8,12 @@ Guarantees of :func:`download`:
   close), a wrong SHA-256, a stop request, an HTTP or network error and a full disk all raise
   and leave nothing behind: the ``.part`` file is deleted. With ``keep_partial=True`` a transfer
   that broke off (network error, truncation, stop, Ctrl+C) keeps its ``.part`` for a later
-  resume; a hash or size mismatch always deletes it.
+  resume; a hash or size mismatch (wrong announced size, more data than announced) always
+  deletes it.
+- The ``.part`` file is opened without following links (``O_NOFOLLOW``, and ``lstat`` where the
+  platform lacks it): a symbolic link planted at ``<dest>.part`` is removed, never written
+  through, and a file there with other hard links (a planted link to a file elsewhere) is
+  refused, so a download only ever writes inside its own cache folder.
 - A ``.part`` left over (a killed process, ``keep_partial``) is resumed with an HTTP ``Range``
   request when the server allows it; the hash is always computed over the whole file. If the
   resumed file fails the hash it is discarded and downloaded once more from the start.
@@ -25,6 +30,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -40,7 +46,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["download", "download_model", "DownloadError", "DownloadIntegrityError",
-           "DownloadCancelled", "ConsentRequired", "PART_SUFFIX"]
+           "DownloadTruncated", "DownloadCancelled", "ConsentRequired", "PART_SUFFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,10 @@ class DownloadError(SGPSAMError):
 
 class DownloadIntegrityError(DownloadError):
     """The data received is incomplete or is not the published file (size or SHA-256)."""
+
+
+class DownloadTruncated(DownloadIntegrityError):
+    """The transfer ended before the announced size: what arrived may be resumed later."""
 
 
 class DownloadCancelled(SGPSAMError):
@@ -99,12 +109,52 @@ def _describe_os_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _open_part(part: Path, url: str, dest: Path) -> BinaryIO:
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _unplant(part: Path, url: str, dest: Path) -> None:
+    """Remove a symbolic link (or refuse anything but a plain file) at the ``.part`` path."""
     try:
-        handle = open(part, "a+b")  # closed by download()
+        info = os.lstat(part)
+    except FileNotFoundError:
+        return
     except OSError as exc:
+        raise _fail(DownloadError, url, dest, f"cannot inspect {part}: "
+                    f"{_describe_os_error(exc)}") from exc
+    if stat.S_ISLNK(info.st_mode):
+        target = os.readlink(part)
+        log.warning("%s is a symbolic link (to %s); removing the link, never writing through "
+                    "it", part, target)
+        try:
+            os.unlink(part)  # the link itself; its target is not touched
+        except OSError as exc:
+            raise _fail(DownloadError, url, dest, f"{part} is a symbolic link to {target} and "
+                        f"cannot be removed: {_describe_os_error(exc)}") from exc
+    elif not stat.S_ISREG(info.st_mode):
+        raise _fail(DownloadError, url, dest, f"{part} exists and is not a plain file; remove "
+                    "it and try again")
+
+
+def _open_part(part: Path, url: str, dest: Path) -> BinaryIO:
+    """Open (or create) the partial file for appending, never through a link."""
+    _unplant(part, url, dest)
+    try:
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | _NOFOLLOW | getattr(os, "O_BINARY", 0),
+                     0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link planted between the check and the open
+            raise _fail(DownloadError, url, dest, f"{part} became a symbolic link while "
+                        "opening it; refusing to follow it") from exc
         raise _fail(DownloadError, url, dest, f"cannot write {part}: "
                     f"{_describe_os_error(exc)}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise _fail(DownloadError, url, dest, f"{part} is not a plain file of its own (it has "
+                    f"{info.st_nlink} hard links, so writing it would change another file); "
+                    "remove it and try again")
+    handle = os.fdopen(fd, "r+b")  # closed by download()
+    handle.seek(0, os.SEEK_END)
     if fcntl is not None:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,7 +276,7 @@ def _transfer(url: str, dest: Path, part: Path, handle: BinaryIO, sha256: str,
             if progress is not None:
                 progress(done, total)
     if total is not None and done != total:
-        raise _fail(DownloadIntegrityError, url, dest, f"truncated transfer: received {done} "
+        raise _fail(DownloadTruncated, url, dest, f"truncated transfer: received {done} "
                     f"of {total} bytes")
     actual = digest.hexdigest()
     if actual != sha256.lower():
@@ -263,7 +313,9 @@ def download(url: str, dest: PathLike, sha256: str, size_bytes: int | None = Non
 
     Raises:
         DownloadError: network or HTTP failure, unwritable folder, full disk (names url, dest).
-        DownloadIntegrityError: truncated, oversized or wrong-hash data (nothing is kept).
+        DownloadIntegrityError: oversized or wrong-hash data (nothing is kept);
+            :class:`DownloadTruncated` for a transfer that ended early (kept with
+            ``keep_partial``).
         DownloadCancelled: ``stop()`` returned True.
     """
     dest = Path(dest)
@@ -279,6 +331,7 @@ def download(url: str, dest: PathLike, sha256: str, size_bytes: int | None = Non
                     f"{_describe_os_error(exc)}") from exc
     part = dest.with_name(dest.name + PART_SUFFIX)
     handle = _open_part(part, url, dest)
+    opened = os.fstat(handle.fileno())
     keep = False
     try:
         try:
@@ -289,6 +342,10 @@ def download(url: str, dest: PathLike, sha256: str, size_bytes: int | None = Non
             _transfer(url, dest, part, handle, sha256, size_bytes, progress, stop, timeout,
                       allow_resume=False)
         handle.close()
+        now = os.lstat(part)
+        if (now.st_ino, now.st_dev) != (opened.st_ino, opened.st_dev) or stat.S_ISLNK(now.st_mode):
+            raise _fail(DownloadError, url, dest, f"{part} was replaced by another file during "
+                        "the download; not installing it")
         try:
             os.replace(part, dest)
         except OSError as exc:
@@ -297,6 +354,9 @@ def download(url: str, dest: PathLike, sha256: str, size_bytes: int | None = Non
     except _Restart as exc:  # a second restart: the server keeps sending the wrong thing
         raise _fail(DownloadIntegrityError, url, dest, "the server does not send the "
                     "published file consistently") from exc
+    except DownloadTruncated:  # what arrived is a prefix: resumable, kept if asked
+        keep = keep_partial
+        raise
     except DownloadIntegrityError:
         raise
     except (DownloadError, DownloadCancelled, KeyboardInterrupt):

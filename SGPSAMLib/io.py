@@ -1,5 +1,9 @@
 """Read and write volumes and labelmaps with SimpleITK, keeping the exact voxel grid.
 
+Reading is defensive (see ``headers.py``): every header is checked against the file and a size
+limit before ITK allocates anything, data shorter than declared is refused, and so are voxels
+that are NaN or infinite, for every format (policy: refuse, never guess a value for them).
+
 Geometry goes through ``geometry.py`` only: SimpleITK reports spacing, origin and direction
 in LPS; ``volume_from_sitk`` turns them into a ``Volume`` with an IJK->RAS matrix and
 ``volume_to_sitk`` does the reverse. Writes are atomic (temporary file in the target folder,
@@ -10,6 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +27,7 @@ import SimpleITK as sitk
 
 from .errors import VolumeError, VolumeIOError
 from .geometry import Volume, ijk_to_ras_matrix, lps_geometry
+from .headers import check_declared_size, check_image_file, declared_by_itk
 
 __all__ = [
     "READ_FORMATS",
@@ -63,6 +71,9 @@ def _stem(path: Path) -> str:
 def _itk_reason(exc: Exception) -> str:
     """One short line out of a long multi-line ITK exception text."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    nrrd = [ln for ln in lines if ln.startswith("[nrrd]")]
+    if nrrd:  # NrrdIO's innermost line says what is wrong ("expected N bytes but received M")
+        return nrrd[-1]
     for ln in lines:
         if "ITK ERROR" in ln or "Could not" in ln or "Unable" in ln:
             return ln
@@ -107,7 +118,7 @@ def volume_to_sitk(volume: Volume) -> sitk.Image:
 to_sitk = volume_to_sitk
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def _read_dicom_folder(folder: Path, max_bytes: int | None = None) -> sitk.Image:
     """Read the DICOM series with the most files in ``folder`` (not searched recursively)."""
     reader = sitk.ImageSeriesReader()
     series_ids = sorted(reader.GetGDCMSeriesIDs(str(folder)))
@@ -123,31 +134,105 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
             "%s holds %d DICOM series; reading %s (%d files)",
             folder, len(series_ids), chosen, len(files_per_series[chosen]),
         )
-    reader.SetFileNames(files_per_series[chosen])
+    files = files_per_series[chosen]
+    declared = declared_by_itk(Path(files[0]), files=len(files))
+    if declared is not None:
+        check_declared_size(declared, max_bytes)
+    reader.SetFileNames(files)
     return reader.Execute()
 
 
-def read_volume(path: PathLike) -> Volume:
+def _refuse_nonfinite(array: np.ndarray, path: Path, hidden: int) -> None:
+    """VolumeError when voxels are NaN/Inf (``hidden``: those ITK's NIfTI reader zeroed).
+
+    Checked slab by slab so that a large float volume needs no full-size temporary.
+    """
+    nan = inf = 0
+    if array.dtype.kind in "fc":
+        for slab in array.reshape(array.shape[0], -1) if array.ndim > 1 else [array]:
+            nan += int(np.count_nonzero(np.isnan(slab)))
+            inf += int(np.count_nonzero(np.isinf(slab)))
+    if hidden or nan or inf:
+        found = f"{hidden} voxels are NaN or infinite" if hidden else \
+            f"{nan} voxels are NaN and {inf} infinite"
+        raise VolumeError(f"{path}: {found} (of {array.size}); SGP-SAM refuses images with "
+                          "undefined intensities rather than guess a value for them: replace "
+                          "them (e.g. with the background value) and save the image again")
+
+
+# What ITK's readers print on the C++ stderr when they give up on the data but still return an
+# image (MetaIO, NIfTI): such an image holds zeros or garbage and is refused.
+_SILENT_FAILURES = ("Uncompress failed", "data not read completely",
+                    "file stream is fail after read")
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _native_stderr_captured(printed: list[str]) -> Iterator[None]:
+    """Collect what C++ code writes on file descriptor 2 meanwhile (ITK's MetaIO and NIfTI
+    readers print there directly), so that a command-line error stays one line; the text is
+    logged, and kept in ``printed`` for :func:`_refuse_silent_failures`. One thread at a time:
+    descriptor 2 is process-wide."""
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no usable stderr (some GUI processes): nothing to capture
+            yield
+            return
+        try:
+            with tempfile.TemporaryFile() as sink:
+                try:
+                    sys.stderr.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+                    sink.seek(0)
+                    text = sink.read(1 << 16).decode("utf-8", "replace").strip()
+                    if text:
+                        printed.append(text)
+                        logger.info("ITK: %s", " | ".join(text.splitlines()[:20]))
+        finally:
+            os.close(saved)
+
+
+def _refuse_silent_failures(path: Path, printed: list[str]) -> None:
+    lines = [line.strip() for text in printed for line in text.splitlines()]
+    for line in lines:
+        if any(phrase in line for phrase in _SILENT_FAILURES):
+            raise VolumeIOError(f"cannot read {path}: ITK could not decode its voxel data "
+                                f"({line}); the file is damaged")
+
+
+def read_volume(path: PathLike, max_bytes: int | None = None) -> Volume:
     """Read a 3-D scalar volume from a file or a DICOM series folder; name = file stem.
 
-    Missing or unreadable input -> VolumeIOError; a 2-D or multi-component image ->
-    VolumeError. A 3-D image with a single slice is returned as is (callers decide).
+    Missing or unreadable input, a header declaring more data than the file holds, or more
+    than ``max_bytes`` (default: ``SGPSAM_MAX_IMAGE_GB``, 4 GiB) -> VolumeIOError; a 2-D or
+    multi-component image, or NaN/Inf voxels -> VolumeError. A 3-D image with a single slice
+    is returned as is (callers decide).
     """
     p = Path(path)
     if not p.exists():
         raise VolumeIOError(f"{p}: no such file or folder; expected {READ_FORMATS}")
+    hidden_nonfinite = 0
+    printed: list[str] = []
     try:
-        if p.is_dir():
-            image = _read_dicom_folder(p)
-            name = p.name
-        else:
-            image = sitk.ReadImage(str(p))
-            name = _stem(p)
+        if not p.is_dir():
+            hidden_nonfinite = check_image_file(p, max_bytes)
+        with _native_stderr_captured(printed):
+            image = _read_dicom_folder(p, max_bytes) if p.is_dir() else sitk.ReadImage(str(p))
+        name = p.name if p.is_dir() else _stem(p)
     except RuntimeError as exc:
         raise VolumeIOError(
             f"cannot read {p} as an image ({_itk_reason(exc)}); expected {READ_FORMATS}"
         ) from exc
+    _refuse_silent_failures(p, printed)
     volume = volume_from_sitk(image, name=str(p))
+    _refuse_nonfinite(volume.array, p, hidden_nonfinite)
     return Volume(volume.array, volume.ijk_to_ras, name)
 
 

@@ -27,6 +27,12 @@ Slicer markups (``.mrk.json``, any markups type with control points, normally a 
   DeepGrow/DeepEdit "foreground / background" list habit); they are added after each lesion's
   own points.
 
+Text encodings (both kinds of file): UTF-8 with or without a byte-order mark, UTF-16 with a
+byte-order mark (Excel's "Unicode text"), and, for files that are not valid UTF-8, Windows-1252
+(what Excel writes as plain "CSV" on Western-European Windows, e.g. ``lésion``), with a warning
+naming the file. A file that is none of these (binary, or bytes undefined in Windows-1252) is
+refused with its file, line and a hint to save it as "CSV UTF-8".
+
 CSV (one file for a whole cohort): a header row naming at least ``case, x, y, z`` and
 optionally ``label``, ``lesion`` and ``space``; other columns are ignored, ``#`` lines and blank
 lines are skipped. ``label`` is ``+``/``-``, ``1``/``0``, ``positive``/``negative``,
@@ -36,6 +42,7 @@ lines are skipped. ``label`` is ``+``/``-``, ``1``/``0``, ``positive``/``negativ
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -79,6 +86,58 @@ _MM_UNITS = ("mm", "millimeter", "millimetre", "millimeters", "millimetres")
 
 class SeedFileError(SGPSAMError, ValueError):
     """A seed file (markups or CSV) is unreadable or holds an invalid entry."""
+
+
+_MAX_SEED_FILE_BYTES = 256 * 1024 * 1024
+_UTF8_HINT = ("save it as UTF-8 (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)'; any "
+              "text editor: encoding UTF-8)")
+
+
+def _decode_seed_file(path: Path, what: str) -> str:
+    """The text of a seed file in the encodings users really produce (module docstring)."""
+    try:
+        size = path.stat().st_size
+        if size > _MAX_SEED_FILE_BYTES:
+            raise SeedFileError(f"{path}: {size / 2**20:.0f} MiB is far too large for a {what} "
+                                f"(limit {_MAX_SEED_FILE_BYTES // 2**20} MiB)")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SeedFileError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
+    for bom, codec in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+                       (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if raw.startswith(bom):
+            return _strict_decode(raw[len(bom):], codec, path, what)
+    if b"\0" in raw:
+        line = raw[: raw.index(b"\0")].count(b"\n") + 1
+        raise SeedFileError(f"{path}:{line}: holds NUL bytes, so it is not a text {what} "
+                            f"(binary, or UTF-16 without a byte-order mark); {_UTF8_HINT}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        first = exc
+    try:
+        text = raw.decode("cp1252")
+    except UnicodeDecodeError:
+        raise _encoding_error(raw, first.start, path, what) from None
+    log.warning("%s is not UTF-8 (byte 0x%02x on line %d); read it as Windows-1252 (cp1252), "
+                "the encoding of Excel's plain 'CSV' on Western-European Windows", path,
+                raw[first.start], raw[: first.start].count(b"\n") + 1)
+    return text
+
+
+def _strict_decode(raw: bytes, codec: str, path: Path, what: str) -> str:
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise _encoding_error(raw, exc.start, path, what, codec) from None
+
+
+def _encoding_error(raw: bytes, position: int, path: Path, what: str,
+                    codec: str = "UTF-8 or Windows-1252") -> SeedFileError:
+    line = raw[:position].count(b"\n") + 1
+    column = position - (raw.rfind(b"\n", 0, position) + 1) + 1
+    return SeedFileError(f"{path}:{line}: byte 0x{raw[position]:02x} at column {column} is not "
+                         f"valid {codec} text; {_UTF8_HINT}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,10 +240,7 @@ def read_markups(path: PathLike, lesion_name: str | None = None,
             point without a 3-number position, or a point whose label and description disagree.
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SeedFileError(f"{p}: cannot read markups file ({exc.strerror or exc})") from exc
+    text = _decode_seed_file(p, "markups file")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -300,10 +356,7 @@ def read_seed_csv(path: PathLike, space: str = "RAS") -> dict[str, list[Seed]]:
     default_space = str(space).strip().upper()
     if default_space not in SPACES:
         raise SeedFileError(f"seed CSV space {space!r}; expected 'RAS' or 'LPS'")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise SeedFileError(f"{p}: cannot read seed CSV ({exc.strerror or exc})") from exc
+    text = _decode_seed_file(p, "seed CSV")
     lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:

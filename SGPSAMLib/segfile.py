@@ -30,6 +30,7 @@ import SimpleITK as sitk
 
 from .errors import VolumeError, VolumeIOError
 from .geometry import Volume, lps_geometry, ras_to_lps
+from .headers import check_image_file
 from .io import atomic_write, volume_from_sitk
 
 __all__ = ["SegmentInfo", "write_segmentation", "read_segmentation", "default_color",
@@ -221,12 +222,14 @@ def read_segmentation(path: PathLike) -> tuple[Volume, list[SegmentInfo]]:
     layers do not overlap is merged, one with overlapping segments raises VolumeError.
 
     Raises:
-        VolumeIOError: missing or unreadable file.
+        VolumeIOError: missing or unreadable file, or a header declaring more data than the
+            file holds (or than the size limit, see ``headers.py``).
         VolumeError: no segment fields, or overlapping layers.
     """
     p = Path(path)
     if not p.is_file():
         raise VolumeIOError(f"{p}: no such file; expected a Slicer segmentation (.seg.nrrd)")
+    check_image_file(p)  # a header that lies is refused before ITK allocates
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:

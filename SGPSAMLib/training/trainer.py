@@ -16,7 +16,12 @@ so a resumed run continues bit-exactly (on CPU) where it stopped.
 Outputs in ``out``: ``last.pt`` and ``best.pt`` (self-describing model checkpoints for
 :func:`SGPSAMLib.build.load_model`), ``state.pt`` (everything needed to resume: weights,
 optimizer, scheduler, grad scaler, RNG states, step, best metric, history; plain tensors and
-builtins, loadable with ``weights_only=True``). All written atomically.
+builtins, loadable with ``weights_only=True``). All written atomically, and in an order that
+keeps every prefix resumable: ``state.pt`` before ``last.pt`` (a resume rewrites a ``last.pt``
+older than ``state.pt``); a folder with only ``last.pt``/``best.pt`` of this very run (killed
+before its first ``state.pt``) is started over, with or without ``--resume``. A run holds the
+folder's lock (``.sgpsam_train.lock``; a second run there is refused) and removes stale
+``atomic_write`` temporaries of its own files that a kill left behind.
 
 Multi-GPU: launch the same command with ``torchrun --nproc_per_node N -m SGPSAMLib train ...``;
 each rank gets its shard of the sample stream, gradients are averaged by
@@ -44,12 +49,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ..build import PRESETS, read_checkpoint, save_checkpoint
+from ..build import (
+    PRESETS,
+    check_config_buildable,
+    check_config_fits,
+    config_from_checkpoint,
+    read_checkpoint,
+    safe_torch_load,
+    save_checkpoint,
+)
 from ..config import ModelConfig
 from ..errors import CheckpointError, SGPSAMError
 from ..io import atomic_write
 from ..losses import make_loss
 from ..modeling import SGPSAMModel
+from ..runfiles import FolderLock, remove_stale_temporaries
 from .clicks import corrective_clicks
 from .config import RESUME_OVERRIDABLE, TrainConfig
 from .data import CaseFiles, LoadedCase, find_cases, load_case, split_cases
@@ -129,6 +143,8 @@ def build_initial_model(config: TrainConfig) -> SGPSAMModel:
         model_config = model_config.replace(sgpm_blocks=model_config.global_attn_indexes)
     if config.gate_mode:
         model_config = model_config.replace(gate_mode=config.gate_mode)
+    if state is not None:  # a stored config that lies is refused before allocating
+        check_config_buildable(model_config, config.init, len(state))
     torch.manual_seed(sample_seed(config.seed, 8))
     model = SGPSAMModel(model_config)
     if state is not None:
@@ -410,22 +426,42 @@ class _Run:
 
     # -- set-up -----------------------------------------------------------------------------
     def _resume_state(self) -> dict | None:
+        """The stored state to resume from, None to start at step 0, or an error.
+
+        Recognises a run killed before its first ``state.pt`` (only ``last.pt``/``best.pt``
+        of the same options): there is nothing to resume, so it is started over.
+        """
         config = self.config
-        if not config.resume:
-            if self.state_path.exists() or self.last_path.exists():
-                raise SGPSAMError(f"--out {self.out}: already holds a training run (last.pt / "
-                                  "state.pt); add --resume to continue it or choose another "
-                                  "--out folder")
-            return None
         if not self.state_path.is_file():
-            raise SGPSAMError(f"--resume: no {self.state_path} to resume from")
+            leftovers = [p for p in (self.last_path, self.best_path) if p.exists()]
+            if leftovers:
+                if not self._unfinished_same_run(leftovers):
+                    raise SGPSAMError(
+                        f"--out {self.out}: holds {', '.join(p.name for p in leftovers)} of "
+                        f"another (or a finished) training run and no {self.state_path.name} "
+                        "to resume; choose another --out folder (or move those files away)")
+                log.warning("%s: the earlier run was stopped before its first complete "
+                            "checkpoint (no %s); starting it over from step 0", self.out,
+                            self.state_path.name)
+                return None
+            if config.resume:
+                raise SGPSAMError(f"--resume: no {self.state_path} to resume from")
+            return None
+        if not config.resume:
+            raise SGPSAMError(f"--out {self.out}: already holds a training run (last.pt / "
+                              "state.pt); add --resume to continue it or choose another "
+                              "--out folder")
         try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any reader failure: not our state file
-            raise CheckpointError(f"{self.state_path}: not a readable training state ({exc})"
-                                  ) from exc
+            state = safe_torch_load(self.state_path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"not a readable training state: {exc}") from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{self.state_path}: not an sgpsam training state file")
+        weights = state.get("model")
+        if not isinstance(weights, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+            raise CheckpointError(f"{self.state_path}: the training state holds no model "
+                                  "weights (a dict of tensors); it is damaged")
         stored = TrainConfig.from_dict(state["config"])
         differences = []
         for key, value in config.to_dict().items():
@@ -437,6 +473,28 @@ class _Run:
             raise SGPSAMError("--resume: options differ from the stored run ("
                               + "; ".join(differences) + "); resume with the same options")
         return state
+
+    def _unfinished_same_run(self, files: list[Path]) -> bool:
+        """Were ``files`` written by an unfinished run with these options (resumable ones
+        aside)? Then they are what a kill before the first ``state.pt`` leaves behind; a
+        finished run whose ``state.pt`` was deleted is not started over."""
+        wanted = {k: v for k, v in self.config.to_dict().items() if k not in RESUME_OVERRIDABLE}
+        for path in files:
+            try:
+                metadata = read_checkpoint(path)[2]
+            except CheckpointError:
+                return False
+            stored = metadata.get("train_config")
+            try:
+                options = TrainConfig.from_dict(stored).to_dict()
+            except (SGPSAMError, TypeError, ValueError, AttributeError):
+                return False
+            if {k: v for k, v in options.items() if k not in RESUME_OVERRIDABLE} != wanted:
+                return False
+            step, total = metadata.get("step"), metadata.get("total_steps")
+            if not isinstance(step, int) or not isinstance(total, int) or step >= total:
+                return False
+        return True
 
     def _load_data(self) -> None:
         config = self.config
@@ -555,10 +613,28 @@ class _Run:
             torch.save(state, tmp)
 
     def _checkpoint(self, step: int) -> None:
-        if self.dist.rank == 0:
-            self._save_model("last", step)
+        if self.dist.rank == 0:  # state first: a kill in between leaves a resumable folder
             self._save_state(step)
+            self._save_model("last", step)
         _barrier(self.dist)
+
+    def _last_is_behind(self) -> bool:
+        """``last.pt`` is missing or older than ``state.pt`` (a kill between the two)."""
+        try:
+            return self.last_path.stat().st_mtime_ns < self.state_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return True
+
+    @contextlib.contextmanager
+    def _own_folder(self):
+        """Rank 0 holds the output folder's lock and clears its own stale temporaries."""
+        if self.dist.rank != 0:
+            yield
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with FolderLock(self.out, ".sgpsam_train.lock", "training run"):
+            remove_stale_temporaries([self.last_path, self.best_path, self.state_path])
+            yield
 
     # -- main -------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -566,7 +642,8 @@ class _Run:
         started = time.perf_counter()
         self.dist = _init_distributed(config.device)
         try:
-            return self._run(started)
+            with self._own_folder():
+                return self._run(started)
         finally:
             if self.dist.owned:
                 import torch.distributed as dist
@@ -602,7 +679,9 @@ class _Run:
         autocast, amp_dtype = self._autocast_factory()
 
         if resume is not None:
-            model = SGPSAMModel(ModelConfig.from_dict(resume["model_config"]))
+            model_config = config_from_checkpoint(resume["model_config"], self.state_path)
+            check_config_fits(model_config, resume["model"], self.state_path)
+            model = SGPSAMModel(model_config)
             model.load_state_dict(resume["model"])
         else:
             model = build_initial_model(config)
@@ -720,6 +799,8 @@ class _Run:
         session_steps = 0
         session_seconds = 0.0
         saved_at = start_step if resume is not None else -1
+        if resume is not None and dist_info.rank == 0 and self._last_is_behind():
+            self._save_model("last", start_step)  # killed between state.pt and last.pt
         batches = iter(loader)
         try:
             while step < total:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -236,13 +237,23 @@ def test_keep_partial_then_resume(http: Any, tmp_path: Path) -> None:
     dest = tmp_path / "model.pth"
     with pytest.raises(DownloadIntegrityError, match="truncated"):
         download(http.url("/flaky.bin"), dest, DATA_SHA, keep_partial=True)
-    # A truncation is an integrity failure: never kept, even with keep_partial.
+    # A truncation broke off a transfer: with keep_partial its prefix is kept (issue 14,
+    # item 13: the documented behaviour) and the next call resumes from it.
+    kept = Path(f"{dest}.part")
+    assert _files(tmp_path) == ["model.pth.part"] and kept.read_bytes() == DATA[:700_000]
+    http.requests.clear()
+    download(http.url("/data.bin"), dest, DATA_SHA)
+    assert dest.read_bytes() == DATA and _files(tmp_path) == ["model.pth"]
+    assert [r["range"] for r in http.requests] == ["bytes=700000-"]
+    dest.unlink()
+    # Without keep_partial a truncation leaves nothing.
+    with pytest.raises(DownloadIntegrityError, match="truncated"):
+        download(http.url("/flaky.bin"), dest, DATA_SHA)
     assert _files(tmp_path) == []
     seen: list[int] = []
     with pytest.raises(DownloadCancelled):
         download(http.url("/data.bin"), dest, DATA_SHA, keep_partial=True,
                  progress=lambda done, total: seen.append(done), stop=lambda: seen[-1] > 0)
-    kept = Path(f"{dest}.part")
     assert _files(tmp_path) == ["model.pth.part"] and kept.read_bytes() == DATA[:seen[-1]]
     http.requests.clear()
     download(http.url("/data.bin"), dest, DATA_SHA)
@@ -385,3 +396,85 @@ def test_cli_download_failure_is_one_line(fake_model: models.ModelInfo, http: An
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "HTTP 404" in err and http.url("/gone.pth") in err
     assert _files(tmp_path / "cache") == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Planted partial files (issue 14, item 12) and --keep-partial (item 13).
+
+def test_a_symlink_planted_at_the_partial_path_is_never_followed(http: Any,
+                                                                tmp_path: Path) -> None:
+    """Someone who can write the cache plants <dest>.part -> a file of the user elsewhere; the
+    download removes the link and writes only inside the cache, the victim is untouched."""
+    cache, outside = tmp_path / "cache", tmp_path / "home"
+    cache.mkdir()
+    outside.mkdir()
+    victim = outside / "thesis.txt"
+    victim.write_bytes(b"years of work")
+    dest = cache / "model.pth"
+    Path(f"{dest}.part").symlink_to(victim)
+    download(http.url("/data.bin"), dest, DATA_SHA)
+    assert victim.read_bytes() == b"years of work"
+    assert dest.read_bytes() == DATA and not dest.is_symlink() and _files(cache) == ["model.pth"]
+    # A dangling link (to a file that does not exist yet) is not created through either.
+    Path(f"{dest}.part").symlink_to(outside / "new.txt")
+    download(http.url("/data.bin"), dest, DATA_SHA)
+    assert not (outside / "new.txt").exists() and _files(outside) == ["thesis.txt"]
+    # Nor with a truncated transfer and --keep-partial.
+    http.routes["/short.bin"] = {"data": DATA, "cut": 600_000}
+    Path(f"{dest}.part").symlink_to(victim)
+    with pytest.raises(DownloadIntegrityError, match="truncated"):
+        download(http.url("/short.bin"), dest, DATA_SHA, keep_partial=True)
+    assert victim.read_bytes() == b"years of work"
+    kept = Path(f"{dest}.part")
+    assert not kept.is_symlink() and kept.read_bytes() == DATA[:600_000]
+
+
+def test_a_hard_link_or_folder_at_the_partial_path_is_refused(http: Any,
+                                                              tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(DATA[:1000])
+    dest = cache / "model.pth"
+    os.link(victim, f"{dest}.part")  # the same file under two names: writing it writes victim
+    with pytest.raises(DownloadError, match="hard links"):
+        download(http.url("/data.bin"), dest, DATA_SHA)
+    assert victim.read_bytes() == DATA[:1000] and http.requests == []
+    Path(f"{dest}.part").unlink()
+    Path(f"{dest}.part").mkdir()
+    with pytest.raises(DownloadError, match="not a plain file"):
+        download(http.url("/data.bin"), dest, DATA_SHA)
+
+
+def test_cli_download_with_a_planted_link(fake_model: models.ModelInfo, http: Any,
+                                          tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    victim = tmp_path / ".bashrc"
+    victim.write_text("alias ls='ls --color'\n")
+    (cache / "tiny_test.pth.part").symlink_to(victim)
+    assert main(["download", "tiny_test", "--yes"]) == 0
+    assert victim.read_text() == "alias ls='ls --color'\n"
+    assert _files(cache) == ["tiny_test.pth", "tiny_test.pth.sha256"]
+
+
+def test_cli_keep_partial_keeps_a_truncated_transfer(fake_model: models.ModelInfo, http: Any,
+                                                     tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     tiny_checkpoint: bytes) -> None:
+    """Item 13: `--keep-partial` keeps what a truncated transfer received (as documented);
+    the next run resumes it with a Range request and verifies the whole file."""
+    http.routes["/cut.pth"] = {"data": tiny_checkpoint, "cut": 5000}
+    url = http.url("/cut.pth")
+    assert main(["download", "tiny_test", "--yes", "--keep-partial", "--url", url]) == 2
+    assert "truncated transfer" in capsys.readouterr().err
+    part = tmp_path / "cache" / "tiny_test.pth.part"
+    assert part.read_bytes() == tiny_checkpoint[:5000]
+    http.requests.clear()
+    assert main(["download", "tiny_test", "--yes"]) == 0
+    assert [r["range"] for r in http.requests] == ["bytes=5000-"]
+    assert _files(tmp_path / "cache") == ["tiny_test.pth", "tiny_test.pth.sha256"]
+    assert main(["download", "tiny_test", "--yes", "--url", url]) == 0  # present: no transfer
+    assert main(["download", "tiny_test", "--yes", "--force", "--url", url]) == 2
+    assert _files(tmp_path / "cache") == ["tiny_test.pth", "tiny_test.pth.sha256"]

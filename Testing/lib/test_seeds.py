@@ -247,3 +247,64 @@ def test_markups_written_by_slicer(tmp_path: Path) -> None:
     seeds = read_markups(path)
     np.testing.assert_allclose([s.ras for s in seeds], [[5, -25, 40], [8, -30, 50]])
     assert [s.positive for s in seeds] == [True, False]
+
+
+# ------------------------------------------------------------------------------------------------
+# Text encodings users really produce (issue 14, item 5).
+
+CSV_BODY = "case,x,y,z,label,lesion\ncase01,10,20,30,+,lésion\ncase01,11,21,31,-,lésion\n"
+
+
+@pytest.mark.parametrize("encoding, prefix", [
+    ("utf-8", b""), ("utf-8", b"\xef\xbb\xbf"), ("cp1252", b""), ("utf-16-le", b"\xff\xfe"),
+    ("utf-16-be", b"\xfe\xff"),
+])
+def test_seed_csv_in_the_encodings_excel_writes(tmp_path: Path, encoding: str, prefix: bytes,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """UTF-8 with or without BOM, Excel's Windows-1252 'CSV' (with a warning naming the file)
+    and Excel's UTF-16 'Unicode text' (tab separated) all read, with the accents intact."""
+    body = CSV_BODY.replace(",", "\t") if encoding.startswith("utf-16") else CSV_BODY
+    path = tmp_path / "seeds.csv"
+    path.write_bytes(prefix + body.encode(encoding))
+    with caplog.at_level("WARNING", logger="SGPSAMLib.seeds"):
+        seeds = read_seed_csv(path)
+    assert [(s.lesion, s.positive) for s in seeds["case01"]] == [("lésion", True),
+                                                                 ("lésion", False)]
+    warned = [r.getMessage() for r in caplog.records]
+    if encoding == "cp1252":
+        assert any("not UTF-8" in m and "Windows-1252" in m and str(path) in m for m in warned)
+    else:
+        assert warned == []
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"case,x,y,z\nc,1,2,3\nc\x81,1,2,3\n", r"seeds.csv:3: byte 0x81 at column 2 is not valid "
+                                            r"UTF-8 or Windows-1252 text; save it as UTF-8"),
+    (b"case,x,y,z\n\x00\x01\x02", r"seeds.csv:2: holds NUL bytes.*CSV UTF-8"),
+    (b"\xef\xbb\xbfcase,x,y,z\nc,1,2,\xe9\n", r"seeds.csv:2: byte 0xe9 at column 7 is not "
+                                              r"valid utf-8"),
+])
+def test_undecodable_seed_csv_names_file_line_and_fix(tmp_path: Path, content: bytes,
+                                                      message: str) -> None:
+    path = tmp_path / "seeds.csv"
+    path.write_bytes(content)
+    with pytest.raises(SeedFileError, match=message):
+        read_seed_csv(path)
+
+
+def test_markups_with_bom_or_windows_encoding(tmp_path: Path) -> None:
+    """A markups file with a UTF-8 BOM (Notepad) reads; so does one saved as Windows-1252."""
+    node = _node([_point((1, 2, 3), label="F-1")], name="lésion", system="RAS")
+    text = json.dumps({"markups": [node]}, ensure_ascii=False)
+    for name, raw in (("bom.mrk.json", b"\xef\xbb\xbf" + text.encode("utf-8")),
+                      ("ansi.mrk.json", text.encode("cp1252"))):
+        (seed,) = read_markups(_write_bytes(tmp_path / name, raw))
+        assert seed.lesion == "lésion"
+        np.testing.assert_allclose(seed.ras, (1, 2, 3))
+    with pytest.raises(SeedFileError, match=r"bin.mrk.json:1: holds NUL bytes"):
+        read_markups(_write_bytes(tmp_path / "bin.mrk.json", b"{\0}"))
+
+
+def _write_bytes(path: Path, raw: bytes) -> Path:
+    path.write_bytes(raw)
+    return path
