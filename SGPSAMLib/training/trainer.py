@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -45,7 +43,6 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
@@ -64,9 +61,19 @@ from ..io import atomic_write
 from ..losses import make_loss
 from ..modeling import SGPSAMModel
 from ..runfiles import FolderLock, remove_stale_temporaries
-from .clicks import corrective_clicks
 from .config import RESUME_OVERRIDABLE, TrainConfig
 from .data import CaseFiles, LoadedCase, find_cases, load_case, split_cases
+from .interaction import InteractiveLoss
+from .runtime import (
+    any_rank,
+    barrier,
+    clean_record,
+    init_distributed,
+    lr_factor,
+    rng_state,
+    set_rng_state,
+    stop_requested,
+)
 from .sampling import CropDataset, SampleStream, sample_seed
 from .validation import validate, validation_targets
 
@@ -182,225 +189,6 @@ def trainable_parameter_names(model: nn.Module, mode: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# The interactive loss (a module so DistributedDataParallel can wrap the whole interaction).
-
-class InteractiveLoss(nn.Module):
-    """Embedding once, several interaction rounds with simulated clicks, summed loss.
-
-    Two schedules:
-
-    - SAM-Med3D's (``rollout=False``): ``click_iters`` rounds, every one with a loss, the
-      previous logits fed back without detaching (gradients flow through all rounds); with
-      ``random_insert`` one random middle round and the last get no point.
-    - RITM's (``rollout=True``, Sofiiuk et al. 2021): the first round is trained, then a random
-      number (0 .. click_iters - 2) of rounds is played by the model itself without gradient,
-      then one more round is trained. The model learns to correct its *own* mistakes from the
-      clicks they provoke, at the cost of two trained rounds instead of ``click_iters``.
-
-    With a refinement head, the loss is the model's full-resolution answer plus
-    ``coarse_weight`` times the decoder's own low-res answer (deep supervision), and the head
-    sees every click of the crop so far while the decoder sees the newest (``latest``).
-    """
-
-    def __init__(self, model: SGPSAMModel, loss: nn.Module, click_iters: int,
-                 random_insert: bool = True, prompt_mode: str = "latest",
-                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 rollout: bool = False, click_mode: str = "uniform",
-                 coarse_weight: float = 0.5) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = loss
-        self.click_iters = click_iters
-        self.random_insert = random_insert and not rollout
-        self.prompt_mode = prompt_mode
-        self.rollout = rollout
-        self.click_mode = click_mode
-        self.coarse_weight = float(coarse_weight)
-        self._autocast = autocast or contextlib.nullcontext
-
-    def no_point_iterations(self, rng: np.random.Generator) -> set[int]:
-        """SAM-Med3D's point-free iterations: one random in [2, n-3] and the last (n >= 4)."""
-        n = self.click_iters
-        if not self.random_insert or n < 4:
-            return set()
-        return {int(rng.integers(2, max(3, n - 2))), n - 1}
-
-    def schedule(self, rng: np.random.Generator) -> tuple[int, set[int]]:
-        """(rounds to play, rounds with a loss) for one micro-batch."""
-        n = self.click_iters
-        if not self.rollout or n < 2:
-            return n, set(range(n))
-        played = int(rng.integers(0, n - 1))  # rounds without gradient between the two
-        return played + 2, {0, played + 1}
-
-    def _round_loss(self, logits: torch.Tensor, low: torch.Tensor, target: torch.Tensor
-                    ) -> torch.Tensor:
-        size = target.shape[-1]
-
-        def full(x: torch.Tensor) -> torch.Tensor:
-            if x.shape[-1] == size:
-                return x.float()
-            return F.interpolate(x.float(), size=(size,) * 3, mode="trilinear",
-                                 align_corners=False)
-
-        value = self.loss(full(logits), target)
-        if low is not logits and self.coarse_weight > 0:
-            value = value + self.coarse_weight * self.loss(full(low), target)
-        return value
-
-    def forward(self, image: torch.Tensor, label: torch.Tensor, point: torch.Tensor,
-                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (loss summed over trained rounds, per-round losses (trained rounds,) detached)."""
-        model = self.model
-        size = image.shape[-1]
-        generator = torch.Generator().manual_seed(sample_seed(seed, 0))
-        rng = np.random.default_rng(sample_seed(seed, 1))
-        skip = self.no_point_iterations(rng)
-        rounds, trained = self.schedule(rng)
-        truth = label.bool()
-        target = label.float()
-        with self._autocast():
-            embedding = model.encode(image)
-        points = point[:, None, :].float()
-        labels = torch.ones((image.shape[0], 1), dtype=torch.long, device=image.device)
-        all_points, all_labels = points, labels
-        total = image.new_zeros((), dtype=torch.float32)
-        parts = []
-        previous = predicted = None
-        for it in range(rounds):
-            if it > 0:
-                points, labels = corrective_clicks(truth, predicted, generator, self.click_mode)
-                all_points = torch.cat([all_points, points], dim=1)
-                all_labels = torch.cat([all_labels, labels], dim=1)
-            if it in skip:
-                use_points = use_labels = None
-            elif self.prompt_mode == "cumulative":
-                use_points, use_labels = all_points, all_labels
-            else:
-                use_points, use_labels = points, labels
-            with torch.set_grad_enabled(it in trained and torch.is_grad_enabled()), \
-                    self._autocast():
-                logits, low = model.predict(embedding, image, use_points, use_labels, previous,
-                                            all_points, all_labels)
-            if it in trained:
-                value = self._round_loss(logits, low, target)
-                total = total + value
-                parts.append(value.detach())
-            previous = logits.detach() if self.rollout else logits
-            up = previous.detach().float()
-            if up.shape[-1] != size:
-                up = F.interpolate(up, size=(size,) * 3, mode="trilinear", align_corners=False)
-            predicted = up > 0
-        return total, torch.stack(parts)
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed helpers.
-
-@dataclass
-class _Dist:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    owned: bool = False  # this process group was created by us (destroy it at the end)
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def _init_distributed(device_hint: str) -> _Dist:
-    """torchrun's WORLD_SIZE/RANK/LOCAL_RANK -> process group (nccl on CUDA, else gloo)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return _Dist()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    owned = False
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device_hint in ("auto", "cuda")
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        owned = True
-    return _Dist(dist.get_world_size(), dist.get_rank(), local_rank, owned)
-
-
-def _any_rank(flag: bool, dist_info: _Dist, device: torch.device) -> bool:
-    if not dist_info.active:
-        return flag
-    import torch.distributed as dist
-
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-def _barrier(dist_info: _Dist) -> None:
-    if dist_info.active:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-# ----------------------------------------------------------------------------------------------
-# RNG state (weights_only-compatible) and schedule.
-
-def _rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError):
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warm-up to 1, then cosine down to ``floor`` at the last step."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _clean(value: Any) -> Any:
-    """NaN/inf -> None so records are strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def _stop_requested(stop: StopFlag) -> bool:
-    if stop is None:
-        return False
-    if isinstance(stop, threading.Event):
-        return stop.is_set()
-    return bool(stop())
-
-
-# ----------------------------------------------------------------------------------------------
 # The run.
 
 class _Run:
@@ -419,7 +207,7 @@ class _Run:
     def emit(self, record: dict) -> None:
         if self.dist.rank != 0:
             return
-        record = _clean(record)
+        record = clean_record(record)
         self.history.append(record)
         if self.progress_fn is not None:
             self.progress_fn(record)
@@ -586,7 +374,7 @@ class _Run:
             "step": step, "total_steps": self.total_steps,
             "epoch": round(self.stream.epoch_of(step * self.per_step), 4),
             "train_config": config.to_dict(), "data": self.data_summary,
-            "metrics": _clean(dict(self.metrics)), "command": config.command,
+            "metrics": clean_record(dict(self.metrics)), "command": config.command,
             "library_version": __version__,
         }
 
@@ -605,7 +393,7 @@ class _Run:
             "model_config": self.model.config.to_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": _rng_state(), "metrics": _clean(dict(self.metrics)),
+            "rng": rng_state(), "metrics": clean_record(dict(self.metrics)),
             "best": {"value": self.best_value, "step": self.best_step},
             "history": self.history, "train_seconds": self.train_seconds,
         }
@@ -616,7 +404,7 @@ class _Run:
         if self.dist.rank == 0:  # state first: a kill in between leaves a resumable folder
             self._save_state(step)
             self._save_model("last", step)
-        _barrier(self.dist)
+        barrier(self.dist)
 
     def _last_is_behind(self) -> bool:
         """``last.pt`` is missing or older than ``state.pt`` (a kill between the two)."""
@@ -640,7 +428,7 @@ class _Run:
     def run(self) -> TrainResult:
         config = self.config
         started = time.perf_counter()
-        self.dist = _init_distributed(config.device)
+        self.dist = init_distributed(config.device)
         try:
             with self._own_folder():
                 return self._run(started)
@@ -666,7 +454,7 @@ class _Run:
         dist_info = self.dist
         if dist_info.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-        _barrier(dist_info)
+        barrier(dist_info)
         resume = self._resume_state()
         if resume is not None:
             config = self.config = TrainConfig.from_dict(
@@ -723,7 +511,7 @@ class _Run:
         val_every = config.val_every or max(1, total // 10)
         ckpt_every = config.checkpoint_every or val_every
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: _lr_factor(s, warmup, total, config.min_lr_ratio))
+            self.optimizer, lambda s: lr_factor(s, warmup, total, config.min_lr_ratio))
         self.scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
 
         self.metrics: dict[str, Any] = {}
@@ -736,7 +524,7 @@ class _Run:
             self.scheduler.load_state_dict(resume["scheduler"])
             if self.scaler is not None and resume.get("scaler"):
                 self.scaler.load_state_dict(resume["scaler"])
-            _set_rng_state(resume["rng"])
+            set_rng_state(resume["rng"])
             start_step = int(resume["step"])
             self.metrics = dict(resume.get("metrics") or {})
             self.best_value = resume["best"]["value"]
@@ -804,7 +592,7 @@ class _Run:
         batches = iter(loader)
         try:
             while step < total:
-                if _any_rank(self.signalled or _stop_requested(self.stop), dist_info,
+                if any_rank(self.signalled or stop_requested(self.stop), dist_info,
                              self.device):
                     stopped = True
                     break
@@ -894,7 +682,7 @@ class _Run:
             * dist_info.world, "seconds": round(seconds, 3),
         })
         return TrainResult(self.last_path, best, self.state_path, list(self.history),
-                           _clean(dict(self.metrics)), step, stopped, steps_per_s, seconds)
+                           clean_record(dict(self.metrics)), step, stopped, steps_per_s, seconds)
 
     def _plot(self) -> None:
         """Rewrite ``training_curve.png`` (loss and validation Dice per step) in ``out``.
@@ -937,7 +725,7 @@ class _Run:
                 self.best_value, self.best_step = value, step
                 self.metrics.update({"best_val_dice": value, "best_step": step})
                 self._save_model("best", step)
-        _barrier(self.dist)
+        barrier(self.dist)
 
 
 def train(config: TrainConfig, progress: ProgressFn | None = None, stop: StopFlag = None
