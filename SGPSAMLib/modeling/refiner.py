@@ -196,7 +196,11 @@ class MaskRefiner3D(nn.Module):
         up = F.interpolate(coarse.float(), size=(size,) * 3, mode="trilinear",
                            align_corners=False)
         prior = torch.zeros_like(up) if previous is None else torch.sigmoid(previous.float())
-        x = torch.cat([image.float(), torch.sigmoid(up), click_maps.float(), prior], dim=1)
+        coarse_in = torch.sigmoid(up)
+        import os  # EXPERIMENT
+        if os.environ.get("SGPSAM_EXP_NO_COARSE_INPUT"):
+            coarse_in = torch.zeros_like(up)
+        x = torch.cat([image.float(), coarse_in, click_maps.float(), prior], dim=1)
         x = space_to_depth(x)
         skips = []
         for stage in self.down:
@@ -211,4 +215,7 @@ class MaskRefiner3D(nn.Module):
         x = x + self.context(context)
         for i in reversed(range(len(self.up))):
             x = self.up[i](x, skips[i])
+        import os  # EXPERIMENT
+        if os.environ.get("SGPSAM_EXP_NO_RESIDUAL"):
+            return depth_to_space(self.head(x))
         return up + depth_to_space(self.head(x))
