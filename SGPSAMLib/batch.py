@@ -82,6 +82,7 @@ from .batch_journal import (
     shard_suffix,
     write_summary,
 )
+from .boxes import bbox_union
 from .errors import CheckpointError, PromptError, SGPSAMError, VolumeIOError
 from .geometry import Volume
 from .io import read_volume, write_labelmap
@@ -604,8 +605,9 @@ class _Runner:
                 result.warnings.append(f"lesion {lesion.name!r}: no positive seed; skipped")
                 continue
             session.reset()
-            if c.reuse_regions:
-                self.adopt_cached_region(session, lesion)
+            first = next((s for s in lesion.seeds if s.positive), None)
+            if c.reuse_regions and first is not None:
+                session.reuse_encoded_region(first.ras)
             encodes = 0
             for seed in lesion.seeds:
                 prediction = session.add_point(seed.ras, positive=seed.positive)
@@ -614,7 +616,7 @@ class _Runner:
             written, overlap = _assign(labels, session.state, lesion.label_value)
             detail["voxels"] = written
             detail["overlap_voxels"] = overlap
-            detail["volume_ml"] = round(written * _voxel_ml(volume), 4)
+            detail["volume_ml"] = round(written * volume.voxel_volume_ml, 4)
             if written == 0:
                 result.warnings.append(f"lesion {lesion.name!r}: empty mask")
             for seed in lesion.seeds:
@@ -623,20 +625,6 @@ class _Runner:
                 if warning:
                     result.warnings.append(f"lesion {lesion.name!r}: {warning}")
         return labels
-
-    @staticmethod
-    def adopt_cached_region(session, lesion: Lesion) -> None:
-        """Make the lesion's first positive seed reuse an encoded region holding it centrally."""
-        state = session.state
-        first = next((s for s in lesion.seeds if s.positive), None)
-        if first is None or not state.embeddings:
-            return
-        for region in reversed(list(state.embeddings)):
-            margin = region.size / 4 - region.centre_index  # central half, as the session does
-            if region.contains_ras(first.ras, margin_voxels=margin) and \
-                    state.volume.contains_ras(np.asarray(region.centre_ras)):
-                session.prepare(region.centre_ras)
-                return
 
     def write(self, labels: np.ndarray, volume: Volume, lesions: list[Lesion], out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -697,7 +685,7 @@ class _Runner:
             result.output_bytes = out.stat().st_size
             result.lesions = len(lesions)
             result.voxels = int(voxels)
-            result.volume_ml = voxels * _voxel_ml(volume)
+            result.volume_ml = voxels * volume.voxel_volume_ml
             result.status = "ok"
         except (_Stopped, _CallbackError, _ModelError):
             raise
@@ -863,13 +851,8 @@ def run_batch(config: BatchConfig, progress: ProgressFn | None = None,
 # ------------------------------------------------------------------------------------------------
 # Small helpers.
 
-def _voxel_ml(volume: Volume) -> float:
-    return abs(float(np.linalg.det(volume.ijk_to_ras[:3, :3]))) / 1000.0
-
-
 def _assign(labels: np.ndarray, state, value: int) -> tuple[int, int]:
     """Write ``value`` where the session's mask is set and no earlier lesion is: (new, kept)."""
-    from .region import bbox_union
     mask = state.mask
     box = bbox_union(*(rs.bbox for rs in state.regions))
     if box is None:

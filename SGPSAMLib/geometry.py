@@ -24,7 +24,7 @@ from typing import Union
 
 import numpy as np
 
-from .errors import VolumeError
+from .errors import PromptError, VolumeError
 
 __all__ = [
     "Volume",
@@ -208,6 +208,11 @@ class Volume:
         return float(abs(np.linalg.det(self.ijk_to_ras[:3, :3])))
 
     @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in mL (cm^3): ``voxels * volume.voxel_volume_ml`` is a lesion's."""
+        return self.voxel_volume_mm3 / 1000.0
+
+    @property
     def origin_ras(self) -> np.ndarray:
         """(3,) RAS mm of the centre of voxel (0, 0, 0)."""
         return self.ijk_to_ras[:3, 3].copy()
@@ -229,6 +234,54 @@ class Volume:
     def ras_to_ijk_points(self, ras: ArrayLike) -> np.ndarray:
         """(3,) or (N, 3) RAS mm -> continuous IJK, float64."""
         return transform_points(self.ras_to_ijk, _points(ras, "ras"))
+
+    def array_index_to_ras(self, kji: ArrayLike) -> np.ndarray:
+        """(3,) or (N, 3) array indices (k, j, i) -> RAS mm, float64 (voxel centres for ints)."""
+        return self.ijk_to_ras_points(array_index_to_ijk(np.asarray(kji, dtype=np.float64)))
+
+    def ras_to_array_index(self, ras: ArrayLike) -> np.ndarray:
+        """(3,) or (N, 3) RAS mm -> continuous array indices (k, j, i), float64."""
+        return ijk_to_array_index(self.ras_to_ijk_points(ras))
+
+    def nearest_voxel(self, ras: ArrayLike) -> tuple[int, int, int] | None:
+        """(k, j, i) of the voxel holding a (3,) RAS point, or None when it is not inside."""
+        ras = _points(ras, "ras").reshape(3)
+        if not self.contains_ras(ras):
+            return None
+        kji = np.rint(self.ras_to_array_index(ras)).astype(np.int64)
+        kji = np.clip(kji, 0, np.asarray(self.array.shape) - 1)
+        return int(kji[0]), int(kji[1]), int(kji[2])
+
+    def ras_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(min, max) RAS mm of the space the voxels cover (voxel-centre grid +- 0.5)."""
+        n = np.asarray(self.shape_ijk, dtype=np.float64)
+        corners = np.array([[i, j, k] for i in (-0.5, n[0] - 0.5) for j in (-0.5, n[1] - 0.5)
+                            for k in (-0.5, n[2] - 0.5)])
+        ras = self.ijk_to_ras_points(corners)
+        return ras.min(axis=0), ras.max(axis=0)
+
+    def check_point(self, ras: ArrayLike, what: str = "point") -> np.ndarray:
+        """A (3,) RAS mm point as float64 once it is 3 finite numbers inside the voxels.
+
+        The one check of a click, a seed or a prompt: every caller gets the same message.
+
+        Raises:
+            PromptError: naming ``what``: not 3 numbers, not finite, or outside the volume
+                (with the volume's RAS bounds).
+        """
+        try:
+            point = np.asarray(ras, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise PromptError(f"{what} must be 3 numbers (RAS mm), got {ras!r}") from exc
+        if point.shape != (3,) or not np.all(np.isfinite(point)):
+            raise PromptError(f"{what} must be 3 finite numbers (RAS mm), got {ras!r}")
+        if not self.contains_ras(point):
+            low, high = self.ras_bounds()
+            bounds = ", ".join(f"{'RAS'[d]} {low[d]:.1f}..{high[d]:.1f}" for d in range(3))
+            name = f" {self.name!r}" if self.name else ""
+            raise PromptError(f"{what} R={point[0]:.1f}, A={point[1]:.1f}, S={point[2]:.1f} mm "
+                              f"is outside the volume{name} (RAS bounds {bounds} mm)")
+        return point
 
     def contains_ras(
         self, ras: ArrayLike, margin_voxels: float = 0.5

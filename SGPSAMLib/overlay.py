@@ -25,7 +25,7 @@ import numpy as np
 from .bitmap_font import CAP_HEIGHT, LINE_HEIGHT, draw_text, text_size
 from .errors import VolumeError
 from .geometry import Volume, array_index_to_ijk, ijk_to_array_index
-from .region import resolve_modality, volume_ras_bounds
+from .region import resolve_modality
 
 __all__ = ["render_overlay", "write_overlay", "render_comparison", "write_comparison",
            "ComparisonLayout", "ClickMarker", "encode_png", "write_png", "read_png", "PALETTE",
@@ -336,7 +336,7 @@ def render_overlay(volume: Volume, mask: np.ndarray | None = None,
     centre = (_default_centre(volume, mask) if centre_ras is None
               else np.asarray(centre_ras, dtype=np.float64).reshape(3))
     lo, hi = _window(volume, window, modality)
-    bounds = volume_ras_bounds(volume)
+    bounds = volume.ras_bounds()
     pixel_mm = _pixel_size(volume, bounds, max_pixels)
     rendered = [(name, _render_panel(volume, mask, centre, name, pixel_mm, bounds, (lo, hi),
                                      style, alpha)) for name in panels]
@@ -538,7 +538,7 @@ def _auto_fov_mm(volume: Volume, masks: Sequence[np.ndarray | None],
         return None
     half = float(np.max(np.abs(np.asarray(points) - centre))) + float(volume.spacing.max())
     fov = max(_AUTO_FOV_MIN_MM, 3.0 * half)
-    low, high = volume_ras_bounds(volume)
+    low, high = volume.ras_bounds()
     return None if fov >= float(np.max(high - low)) else fov
 
 
@@ -546,7 +546,7 @@ def _field_of_view(volume: Volume, centre: np.ndarray, fov_mm: Any
                    ) -> tuple[np.ndarray, np.ndarray]:
     """RAS (low, high) of what the panels show: a cube of ``fov_mm`` around the centre
     clipped to the image, or the whole image (None)."""
-    low, high = volume_ras_bounds(volume)
+    low, high = volume.ras_bounds()
     if fov_mm is None:
         return low, high
     try:

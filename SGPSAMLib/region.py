@@ -25,16 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .boxes import BBox, bbox_union
 from .geometry import Volume, array_index_to_ijk, ijk_to_array_index, transform_points
 
 __all__ = [
-    "Region", "BBox", "sample_region", "normalize_crop", "resolve_modality",
-    "map_logits_to_volume", "crop_coordinates_of_box", "box_crop_axes", "volume_ras_bounds",
-    "bbox_union", "bbox_is_empty", "footprint_bbox", "CT_CLIP_HU", "CT_AUTO_MIN_HU", "MODALITIES",
+    "Region", "sample_region", "normalize_crop", "resolve_modality",
+    "map_logits_to_volume", "crop_coordinates_of_box", "box_crop_axes", "footprint_bbox",
+    "CT_CLIP_HU", "CT_AUTO_MIN_HU",
 ]
-
-#: Array-order (K, J, I) box of a volume: three ``slice`` objects with explicit start/stop.
-BBox = tuple[slice, slice, slice]
 
 #: CT intensities are clipped to this window before normalisation (SAM-Med3D training).
 CT_CLIP_HU = (-1000.0, 1000.0)
@@ -128,21 +126,7 @@ class Region:
 
 
 # ----------------------------------------------------------------------------------------------
-# Small helpers on array-order boxes.
-
-def bbox_is_empty(box: BBox | None) -> bool:
-    """True for None or a box with a zero-length side."""
-    return box is None or any(s.stop <= s.start for s in box)
-
-
-def bbox_union(*boxes: BBox | None) -> BBox | None:
-    """Smallest box holding every non-empty box given (None if there is none)."""
-    boxes = [b for b in boxes if not bbox_is_empty(b)]
-    if not boxes:
-        return None
-    return tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes))
-                 for d in range(3))
-
+# Boxes of original voxels (array order, :mod:`SGPSAMLib.boxes`) that a crop reaches.
 
 def _box_from_ijk_range(lo_ijk: np.ndarray, hi_ijk: np.ndarray, volume: Volume) -> BBox | None:
     """Inclusive integer IJK range -> array-order box clipped to the image (None if empty)."""
@@ -166,15 +150,6 @@ def footprint_bbox(volume: Volume, region: Region) -> BBox | None:
     """Array-order box of the original voxels whose centres may lie in the region's cube."""
     lo, hi = _ijk_of_ras_box(volume, region.corners_ras())
     return _box_from_ijk_range(np.ceil(lo - 1e-6), np.floor(hi + 1e-6), volume)
-
-
-def volume_ras_bounds(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """(min, max) RAS mm of the space the image's voxels cover (voxel-centre grid +- 0.5)."""
-    n = np.asarray(volume.shape_ijk, dtype=np.float64)
-    corners = np.array([[i, j, k] for i in (-0.5, n[0] - 0.5) for j in (-0.5, n[1] - 0.5)
-                        for k in (-0.5, n[2] - 0.5)])
-    ras = volume.ijk_to_ras_points(corners)
-    return ras.min(axis=0), ras.max(axis=0)
 
 
 def _affine_steps(matrix: np.ndarray, to_ijk, start: Sequence[float]

@@ -7,14 +7,14 @@ a viewer can refresh only that box.
 
 Policies (each one a deliberate choice):
 
-- **Regions.** The model sees a 128^3 crop at 1.5 mm whose axes follow R, A, S
-  (:class:`~SGPSAMLib.region.Region`). The first positive click centres a region on itself
-  (SAM-Med3D centres on the target; a click tool must centre on the click). A negative click
-  before any positive one is stored and waits; it joins later prompts if it falls inside the
-  region (cumulative mode). A click inside existing regions goes to the one whose centre is
-  nearest (ties: the oldest). A positive click outside every region starts a new region centred
-  on it (a second lesion, or re-centring on the same one); a negative click outside every
-  region is only stored.
+- **Windows.** The model sees a 128^3 crop at 1.5 mm whose axes follow R, A, S
+  (:class:`~SGPSAMLib.region.Region`). Which window a click goes to, when an encoded window is
+  reused, which window owns a voxel where windows overlap and when a large lesion gets a
+  neighbour window are the window policy, :mod:`SGPSAMLib.windows`. The first positive click
+  centres a window on itself (SAM-Med3D centres on the target; a click tool must centre on the
+  click). A negative click before any positive one is stored and waits; it joins later prompts
+  if it falls inside the window (cumulative mode); a negative click outside every window is only
+  stored.
 - **Embedding cache.** A region's image embedding is computed once (``model.encode`` under
   ``torch.inference_mode``, bf16 autocast on CUDA when ``amp``) and kept in an LRU cache of
   ``cache_size`` regions keyed by the region; later clicks in it run only ``model.decode``.
@@ -26,17 +26,10 @@ Policies (each one a deliberate choice):
   region's previous low-res logits (zeros at first). "cumulative" (the current official
   script): every click inside the region so far (and the seed of an extension window) plus the
   previous logits. Points go to the model as crop voxel indices in tensor-axis order.
-- **Large targets** (``extend_at_border``). When a region's prediction touches one of its faces
-  (a foreground low-res cell in the outer layer) and the image continues beyond that face, an
-  overlapping neighbour window shifted by half a window (64 voxels) along that axis is added:
-  it is prompted with the clicks that fall inside it (per the prompting mode) plus one
-  positive seed at the foreground cell of the overlap nearest the overlap's centre, and a
-  zero mask prompt. New windows are checked in turn, up to ``max_windows`` per lesion; a
-  candidate whose centre lies within a quarter window of an existing one is skipped.
-- **Merging windows.** Each original voxel belongs to the region, among those whose cube holds
-  it, whose centre is nearest (ties: the oldest): a Voronoi split, so the window that was
-  clicked owns the voxels around the click and a negative click always takes effect there.
-  The full mask is, per voxel, the latest prediction of its owner.
+- **Large targets** (``extend_at_border``): neighbour windows (:mod:`SGPSAMLib.windows`), up
+  to ``max_windows`` per lesion, each prompted with the clicks that fall inside it (per the
+  prompting mode) plus its positive border seed, and a zero mask prompt. The full mask is, per
+  voxel, the latest prediction of the window that owns it.
 - **Mask updates and undo.** A prediction is written only inside the box covering the
   region's previous and new foreground (plus, the first time a region is decoded, the parts of
   other regions' foreground it now owns); the previous content of every written box is pushed
@@ -55,23 +48,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import windows
+from .boxes import BBox, bbox_union, foreground_box
 from .devices import resolve_device
-from .errors import PromptError, VolumeError
-from .geometry import Volume, array_index_to_ijk
+from .errors import VolumeError
+from .geometry import Volume
 from .region import (
-    BBox,
     Region,
-    bbox_is_empty,
-    bbox_union,
-    box_crop_axes,
-    crop_coordinates_of_box,
     footprint_bbox,
     map_logits_to_volume,
     normalize_crop,
     resolve_modality,
     sample_region,
-    volume_ras_bounds,
 )
+from .windows import RegionState
 
 __all__ = ["InteractiveSession", "SessionState", "RegionState", "Click", "Prediction",
            "PROMPT_MODES", "TIMING_KEYS"]
@@ -81,9 +71,6 @@ log = logging.getLogger(__name__)
 PROMPT_MODES = ("latest", "cumulative")
 TIMING_KEYS = ("sample", "normalize", "encode", "decode", "map_back", "total")
 
-# Voxels per chunk when computing ownership in a box (bounds temporary memory).
-_CHUNK_VOXELS = 1 << 21
-
 
 @dataclass
 class Click:
@@ -92,31 +79,6 @@ class Click:
     ras: np.ndarray
     positive: bool
     region_id: int | None
-
-
-@dataclass
-class RegionState:
-    """A crop window of the session and the model's last answer for it.
-
-    Attributes:
-        id: index in ``SessionState.regions``.
-        region: the crop frame.
-        group: id of the lesion's first region (extension windows share it).
-        logits: (O, O, O) float32 CPU tensor, the model's last logits for it (None before
-            decoding): the decoder's low-res grid (O = L), or the crop's own grid (O = S) for a
-            model with a refinement head.
-        bbox: array-order box of the foreground of its last prediction (None if empty).
-        footprint: array-order box of the original voxels its cube may hold.
-        seeds: (N, 3) crop indices of internal positive seeds (extension windows).
-    """
-
-    id: int
-    region: Region
-    group: int
-    footprint: BBox | None
-    logits: torch.Tensor | None = None
-    bbox: BBox | None = None
-    seeds: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -283,7 +245,7 @@ class InteractiveSession:
         resolved = resolve_modality(minimum, modality)
         self._state = SessionState(
             volume=volume, modality=resolved, mask=np.zeros(array.shape, dtype=np.uint8),
-            ras_bounds=volume_ras_bounds(volume),
+            ras_bounds=volume.ras_bounds(),
         )
         log.info("session volume %s %s (%s, modality %s)", name, array.shape, array.dtype,
                  resolved)
@@ -306,6 +268,26 @@ class InteractiveSession:
         state.prepared = region
         return region
 
+    def reuse_encoded_region(self, ras_mm: Sequence[float]) -> Region | None:
+        """Let the next new region reuse an encoded one that holds ``ras_mm`` in its central half.
+
+        For a caller that segments several lesions of one volume (batch: the prompts are reset
+        between lesions, the embeddings are kept): the newest cached region that qualifies is
+        prepared again (a cache hit), so a nearby lesion costs no encoder pass. Returns that
+        region, or None when no cached region qualifies (nothing changes).
+
+        Raises:
+            RuntimeError: before ``set_volume``.
+        """
+        state = self._require_volume("reuse_encoded_region")
+        if not state.embeddings:
+            return None
+        ras = np.asarray(ras_mm, dtype=np.float64).reshape(-1)
+        region = windows.reusable_window(reversed(list(state.embeddings)), ras, state.volume)
+        if region is not None:
+            self.prepare(region.centre_ras)
+        return region
+
     def add_point(self, ras_mm: Sequence[float], positive: bool = True) -> Prediction:
         """Add a click and update the mask.
 
@@ -324,7 +306,7 @@ class InteractiveSession:
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
         entry = _UndoEntry(patches=[], region_states={}, n_regions=len(state.regions),
                            n_clicks=len(state.clicks), voxels=state.voxels, region_id=None)
-        target = self._route(ras)
+        target = windows.route(state.regions, ras)
         if target is None and not positive:
             state.clicks.append(Click(ras, False, None))
             state.undo_stack.append(entry)
@@ -336,11 +318,12 @@ class InteractiveSession:
         try:
             created = target is None
             if created:
-                target = self._new_region(self._region_for_new_click(ras), group=None)
+                target = self._new_region(windows.window_for_click(
+                    ras, state.prepared, self.size, self.spacing_mm), group=None)
             state.clicks.append(Click(ras, positive, target.id))
             entry.region_id = target.id
             cached = self._decode_region(target, entry, timings)
-            windows = self._extend(target, entry, timings)
+            added = self._extend(target, entry, timings)
         except BaseException:
             self._rollback(entry)
             raise
@@ -348,8 +331,8 @@ class InteractiveSession:
         timings["total"] = time.perf_counter() - start
         message = (f"{'new' if created else 'region'} {target.id}: "
                    f"{'+' if positive else '-'} point, {state.voxels} voxels in the mask")
-        if windows:
-            message += f"; {windows} window(s) added to follow the target across the border"
+        if added:
+            message += f"; {added} window(s) added to follow the target across the border"
         log.debug("add_point %s -> %s; timings %s", ras, message, timings)
         return self._prediction(target, timings, cached, message, entry)
 
@@ -390,43 +373,10 @@ class InteractiveSession:
         return self._state
 
     def _check_point(self, ras_mm: Sequence[float], method: str) -> np.ndarray:
-        try:
-            ras = np.asarray(ras_mm, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise PromptError(f"{method}: ras_mm must be 3 numbers (RAS mm), got {ras_mm!r}"
-                              ) from exc
-        if ras.shape != (3,) or not np.all(np.isfinite(ras)):
-            raise PromptError(f"{method}: ras_mm must be 3 finite numbers (RAS mm), "
-                              f"got {ras_mm!r}")
-        state = self._state
-        if not state.volume.contains_ras(ras):
-            low, high = state.ras_bounds
-            bounds = ", ".join(f"{'RAS'[d]} {low[d]:.1f}..{high[d]:.1f}" for d in range(3))
-            name = f" {state.volume.name!r}" if state.volume.name else ""
-            raise PromptError(f"{method}: point R={ras[0]:.1f}, A={ras[1]:.1f}, S={ras[2]:.1f} mm "
-                              f"is outside the volume{name} (RAS bounds {bounds} mm)")
-        return ras
+        return self._state.volume.check_point(ras_mm, f"{method}: point")
 
     # ------------------------------------------------------------------------------------------
     # Regions, routing and prompts.
-
-    def _route(self, ras: np.ndarray) -> RegionState | None:
-        """The region whose cube holds ``ras`` with the nearest centre (ties: oldest)."""
-        best, best_dist = None, np.inf
-        for rs in self._state.regions:
-            if rs.region.contains_ras(ras):
-                dist = float(np.sum((np.asarray(rs.region.centre_ras) - ras) ** 2))
-                if dist < best_dist:
-                    best, best_dist = rs, dist
-        return best
-
-    def _region_for_new_click(self, ras: np.ndarray) -> Region:
-        prepared = self._state.prepared
-        # Central half: |crop index - centre| <= size / 4 along every axis.
-        margin = prepared.size / 4 - prepared.centre_index if prepared is not None else 0.0
-        if prepared is not None and prepared.contains_ras(ras, margin_voxels=margin):
-            return prepared
-        return Region(tuple(ras), self.size, self.spacing_mm)
 
     def _new_region(self, region: Region, group: int | None, seed: np.ndarray | None = None
                     ) -> RegionState:
@@ -443,22 +393,12 @@ class InteractiveSession:
         """(N, 3) crop-index points and (N,) labels for a region, per the prompting mode."""
         clicks = self._state.clicks
         if self.prompt_mode == "latest":
-            chosen = clicks[-1:]
-            seeds = rs.seeds if rs.logits is None else []
-        else:
-            chosen = clicks
-            seeds = rs.seeds
-        chosen = [c for c in chosen if rs.region.contains_ras(c.ras)]
-        points = [rs.region.ras_to_crop_points(c.ras) for c in chosen] + list(seeds)
-        labels = [int(c.positive) for c in chosen] + [1] * len(seeds)
-        return np.asarray(points, dtype=np.float32).reshape(-1, 3), np.asarray(labels)
+            return _crop_prompt(rs, clicks[-1:], rs.seeds if rs.logits is None else [])
+        return _crop_prompt(rs, clicks, rs.seeds)
 
     def _all_clicks(self, rs: RegionState) -> tuple[np.ndarray, np.ndarray]:
         """Every click inside the region and its seeds (what a refinement head sees)."""
-        chosen = [c for c in self._state.clicks if rs.region.contains_ras(c.ras)]
-        points = [rs.region.ras_to_crop_points(c.ras) for c in chosen] + list(rs.seeds)
-        labels = [int(c.positive) for c in chosen] + [1] * len(rs.seeds)
-        return np.asarray(points, dtype=np.float32).reshape(-1, 3), np.asarray(labels)
+        return _crop_prompt(rs, self._state.clicks, rs.seeds)
 
     # ------------------------------------------------------------------------------------------
     # Model calls.
@@ -538,81 +478,23 @@ class InteractiveSession:
     def _write(self, rs: RegionState, logits: torch.Tensor, entry: _UndoEntry) -> None:
         """Map a region's new logits to the volume and write the voxels it owns."""
         state = self._state
-        others = [r for r in state.regions if r.id != rs.id and r.logits is not None
-                  and _boxes_overlap(r.footprint, rs.footprint)]
-        hint = rs.bbox
-        if rs.logits is None:  # first prediction: take over the voxels it now owns
-            for other in others:
-                hint = bbox_union(hint, _box_intersection(other.bbox, rs.footprint))
+        others = windows.overlapping(state.regions, rs)
+        hint = windows.takeover_box(rs, others)
         box, patch = map_logits_to_volume(logits, rs.region, state.volume, hint)
         entry.region_states.setdefault(rs.id, (rs.logits, rs.bbox))
         rs.logits = logits
-        rs.bbox = _foreground_box(patch, box)
+        rs.bbox = foreground_box(patch, box)
         if box is None:
             return
         view = state.mask[box]
         before = view.copy()
         entry.patches.append((box, before))
-        owned = self._ownership(rs, box, [o for o in others
-                                          if _boxes_overlap(o.footprint, box)])
+        owned = windows.owned_voxels(rs, box, others, state.volume)
         if owned is None:
             view[...] = patch
         else:
             np.copyto(view, patch, where=owned)
         state.voxels += int(np.count_nonzero(view)) - int(np.count_nonzero(before))
-
-    def _ownership(self, rs: RegionState, box: BBox, others: list[RegionState]
-                   ) -> np.ndarray | None:
-        """Bool (box shape) of the voxels ``rs`` owns, or None when it owns the whole box."""
-        state = self._state
-        size = self.size
-        centre = rs.region.centre_index
-        corners_kji = np.array([[k, j, i] for k in (box[0].start, box[0].stop - 1)
-                                for j in (box[1].start, box[1].stop - 1)
-                                for i in (box[2].start, box[2].stop - 1)], dtype=np.float64)
-        corners_ras = state.volume.ijk_to_ras_points(array_index_to_ijk(corners_kji))
-        inside_all = bool(np.all(rs.region.contains_ras(corners_ras)))
-        if inside_all and not others:
-            return None
-        offsets = [(np.asarray(rs.region.centre_ras) - np.asarray(o.region.centre_ras))
-                   / self.spacing_mm for o in others]
-        separable = box_crop_axes(state.volume, rs.region, box)
-        if separable is not None:  # per-axis terms broadcast over the box: no 3-D coordinates
-            mine = np.ones((1, 1, 1), dtype=bool)
-            dist = np.zeros((1, 1, 1))
-            theirs = [(np.ones((1, 1, 1), dtype=bool), np.zeros((1, 1, 1))) for _ in others]
-            for dim, (axis, x) in enumerate(separable):
-                shape = [1, 1, 1]
-                shape[dim] = -1
-                x = x.reshape(shape)
-                mine = mine & (x >= -0.5) & (x <= size - 0.5)
-                dist = dist + (x - centre) ** 2
-                for n, offset in enumerate(offsets):
-                    xo = x + offset[axis]
-                    inside, d = theirs[n]
-                    theirs[n] = (inside & (xo >= -0.5) & (xo <= size - 0.5),
-                                 d + (xo - centre) ** 2)
-            for other, (inside, d) in zip(others, theirs):
-                wins = (d < dist) | ((d == dist) & (other.id < rs.id))
-                mine = mine & ~(inside & wins)
-            return np.broadcast_to(mine, tuple(s.stop - s.start for s in box))
-        shape = tuple(s.stop - s.start for s in box)
-        owned = np.zeros(shape, dtype=bool)
-        owned_t = torch.from_numpy(owned)
-        offsets_t = [torch.from_numpy(offset.astype(np.float32)) for offset in offsets]
-        rows = max(1, _CHUNK_VOXELS // max(1, shape[1] * shape[2]))
-        for first in range(0, shape[0], rows):
-            crop = crop_coordinates_of_box(state.volume, rs.region, box, first=first, rows=rows)
-            mine = ((crop >= -0.5) & (crop <= size - 0.5)).all(dim=-1)
-            dist = ((crop - centre) ** 2).sum(dim=-1)
-            for other, offset in zip(others, offsets_t):
-                theirs = crop + offset
-                inside = ((theirs >= -0.5) & (theirs <= size - 0.5)).all(dim=-1)
-                dist_other = ((theirs - centre) ** 2).sum(dim=-1)
-                wins = (dist_other < dist) | ((dist_other == dist) & (other.id < rs.id))
-                mine &= ~(inside & wins)
-            owned_t[first:first + crop.shape[0]] = mine
-        return owned
 
     # ------------------------------------------------------------------------------------------
     # Windows for large targets.
@@ -626,18 +508,16 @@ class InteractiveSession:
         queue = [start]
         while queue:
             rs = queue.pop(0)
-            for axis, direction in self._faces_to_extend(rs):
+            for axis, direction in windows.faces_to_extend(rs, state.ras_bounds):
                 group = [r for r in state.regions if r.group == rs.group]
                 if len(group) >= self.max_windows:
                     log.info("lesion %d reached max_windows=%d; not extending further",
                              rs.group, self.max_windows)
                     return added
-                candidate = rs.region.shifted(axis, direction * self.size / 2)
-                if any(np.max(np.abs(np.asarray(r.region.centre_ras)
-                                     - np.asarray(candidate.centre_ras)))
-                       < self.size / 4 * self.spacing_mm for r in state.regions):
+                candidate = windows.extension_window(rs, axis, direction, state.regions)
+                if candidate is None:
                     continue
-                seed = self._seed(rs, axis, direction, candidate)
+                seed = windows.border_seed(rs, axis, direction, candidate)
                 if seed is None:
                     continue
                 window = self._new_region(candidate, group=rs.group, seed=seed)
@@ -645,41 +525,6 @@ class InteractiveSession:
                 added += 1
                 queue.append(window)
         return added
-
-    def _faces_to_extend(self, rs: RegionState) -> list[tuple[int, int]]:
-        """(axis, -1 | +1) of faces the foreground touches and the image continues beyond."""
-        positive = rs.logits > 0
-        if not bool(positive.any()):
-            return []
-        low, high = self._state.ras_bounds
-        half = self.size / 2 * self.spacing_mm
-        faces = []
-        for axis in range(3):
-            centre = rs.region.centre_ras[axis]
-            if bool(positive.select(axis, 0).any()) and low[axis] < centre - half - \
-                    self.spacing_mm:
-                faces.append((axis, -1))
-            if bool(positive.select(axis, positive.shape[axis] - 1).any()) and \
-                    high[axis] > centre + half + self.spacing_mm:
-                faces.append((axis, 1))
-        return faces
-
-    def _seed(self, rs: RegionState, axis: int, direction: int, candidate: Region
-              ) -> np.ndarray | None:
-        """Crop index (in ``candidate``) of the overlap's foreground cell nearest its centre."""
-        size_l = rs.logits.shape[0]
-        scale = self.size / size_l
-        cells = torch.nonzero(rs.logits > 0).numpy().astype(np.float64)
-        crop = scale * cells + (scale - 1.0) / 2.0  # low-res cell centres in crop indices
-        half = rs.region.centre_index
-        in_overlap = crop[:, axis] >= half if direction > 0 else crop[:, axis] <= half
-        crop = crop[in_overlap]
-        if not len(crop):
-            return None
-        target = np.full(3, half)
-        target[axis] += direction * self.size / 4
-        nearest = crop[np.argmin(np.sum((crop - target) ** 2, axis=1))]
-        return candidate.ras_to_crop_points(rs.region.crop_to_ras_points(nearest))
 
     # ------------------------------------------------------------------------------------------
     # Undo and results.
@@ -720,24 +565,10 @@ class InteractiveSession:
         )
 
 
-def _boxes_overlap(a: BBox | None, b: BBox | None) -> bool:
-    return _box_intersection(a, b) is not None
-
-
-def _box_intersection(a: BBox | None, b: BBox | None) -> BBox | None:
-    if bbox_is_empty(a) or bbox_is_empty(b):
-        return None
-    box = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
-    return None if bbox_is_empty(box) else box
-
-
-def _foreground_box(patch: np.ndarray, box: BBox | None) -> BBox | None:
-    """Tight array-order box of the nonzero voxels of ``patch`` placed at ``box``."""
-    if box is None or not patch.any():
-        return None
-    out = []
-    for axis in range(3):
-        other = tuple(d for d in range(3) if d != axis)
-        idx = np.flatnonzero(patch.any(axis=other))
-        out.append(slice(box[axis].start + int(idx[0]), box[axis].start + int(idx[-1]) + 1))
-    return tuple(out)
+def _crop_prompt(rs: RegionState, clicks: Sequence[Click], seeds: Sequence[np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The clicks inside the region, as crop indices, then its seeds (positive): (N, 3), (N,)."""
+    chosen = [c for c in clicks if rs.region.contains_ras(c.ras)]
+    points = [rs.region.ras_to_crop_points(c.ras) for c in chosen] + list(seeds)
+    labels = [int(c.positive) for c in chosen] + [1] * len(seeds)
+    return np.asarray(points, dtype=np.float32).reshape(-1, 3), np.asarray(labels)

@@ -48,7 +48,7 @@ import vtk
 from vtk.util import numpy_support
 
 from SGPSAMLib.errors import PromptError, SGPSAMError, VolumeError
-from SGPSAMLib.region import BBox, bbox_union
+from SGPSAMLib.boxes import BBox, bbox_union
 
 from .mrml_geometry import (
     volume_from_node,

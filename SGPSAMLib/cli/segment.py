@@ -135,13 +135,11 @@ def _check_points_inside(volume: Any, points: list[PointArg], ras: Any, image: P
     """PromptError naming the first --point outside the image, with the image's RAS extent."""
     import numpy as np
 
-    from ..region import volume_ras_bounds
-
     inside = np.atleast_1d(volume.contains_ras(ras))
     if inside.all():
         return
     index = int(np.flatnonzero(~inside)[0])
-    low, high = volume_ras_bounds(volume)
+    low, high = volume.ras_bounds()
     extent = ", ".join(f"{axis} {lo:.1f}..{hi:.1f}" for axis, lo, hi in zip("RAS", low, high))
     where = ", ".join(format_mm(float(v)) for v in ras[index])
     raise PromptError(f"--point {points[index].text!r} (RAS {where} mm) is outside the image "
@@ -180,7 +178,7 @@ def _segment(args: argparse.Namespace) -> int:
     write_labelmap(mask, volume, out)
 
     voxels = int(np.count_nonzero(mask))
-    volume_ml = voxels * abs(float(np.linalg.det(volume.ijk_to_ras[:3, :3]))) / 1000.0
+    volume_ml = voxels * volume.voxel_volume_ml
     warnings = prediction_warnings(volume, voxels, [(f"--point {p.text!r}", r)
                                                     for p, r in zip(points, ras) if p.positive])
     seconds = time.perf_counter() - start

@@ -728,3 +728,23 @@ def test_a_failing_progress_callback_ends_the_run_with_its_error(tmp_path: Path)
     with pytest.raises(BrokenPipeError, match="parent went away"):
         run_batch(_config(tmp_path, OracleModel()), progress=progress)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["cases"] == []
+
+
+def test_nearby_lesions_of_a_case_share_one_encoder_pass(tmp_path: Path) -> None:
+    """The second lesion's first seed lies in the central half of the first lesion's region:
+    with reuse_regions the session reuses that embedding (InteractiveSession.reuse_encoded_region)."""
+    (tmp_path / "in").mkdir()
+    _two_lesion_case(tmp_path / "in")
+    seen = {}
+    for reuse in (True, False):
+        model = OracleModel()
+        summary = run_batch(_config(tmp_path, model, output=tmp_path / f"out_{reuse}",
+                                    reuse_regions=reuse, max_windows=1,
+                                    extend_at_border=False))
+        result = summary.results[0]
+        assert result.status == "ok" and result.lesions == 2
+        seen[reuse] = ([d["encoded_regions"] for d in result.lesion_details],
+                       model.encode_calls, [d["voxels"] for d in result.lesion_details])
+    assert seen[True][:2] == ([1, 0], 1)
+    assert seen[False][:2] == ([1, 1], 2)
+    assert all(v > 0 for v in seen[True][2])

@@ -10,16 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from SGPSAMLib.boxes import bbox_union
 from SGPSAMLib.geometry import Volume, array_index_to_ijk
 from SGPSAMLib.region import (
     Region,
-    bbox_union,
     footprint_bbox,
     map_logits_to_volume,
     normalize_crop,
     resolve_modality,
     sample_region,
-    volume_ras_bounds,
 )
 
 
@@ -333,7 +332,7 @@ def test_map_logits_hint_and_empty():
 
 def test_footprint_and_bounds():
     volume = _volume_from_function("plain", shape_kji=(10, 20, 30), fn=lambda r: r[:, 0] * 0)
-    low, high = volume_ras_bounds(volume)
+    low, high = volume.ras_bounds()
     np.testing.assert_allclose(high - low, [30.0, 20.0, 10.0])
     np.testing.assert_allclose((low + high) / 2, CENTRE)
     region = Region(tuple(CENTRE), size=8, spacing_mm=1.5)  # 12 mm cube

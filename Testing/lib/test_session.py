@@ -380,6 +380,30 @@ def test_undo_restores_exactly_and_boxes_cover_changes(tiny_model, ct_volume):
     assert not session.state.regions
 
 
+def test_reuse_encoded_region_prepares_a_cached_region_for_a_nearby_lesion(ct_volume):
+    """batch's per-case reuse: a point in the central half of an encoded region reuses it (no
+    encoder pass); a point outside every central half changes nothing."""
+    model = OracleModel()
+    session = InteractiveSession(model, device="cpu", extend_at_border=False)
+    with pytest.raises(RuntimeError, match="set_volume"):
+        session.reuse_encoded_region((0.0, 0.0, 0.0))
+    session.set_volume(ct_volume, modality="CT")
+    ras = ct_volume.ijk_to_ras_points([26, 24, 15])
+    assert session.reuse_encoded_region(ras) is None  # nothing encoded yet
+    first = session.add_point(ras)
+    assert model.encode_calls == 1
+    session.reset()
+    near = ras + [20.0, -15.0, 10.0]  # < 48 mm = size / 4 crop voxels from the centre
+    assert session.reuse_encoded_region(near) == first.region
+    again = session.add_point(near)
+    assert again.embedding_cached and model.encode_calls == 1
+    np.testing.assert_allclose(again.region_centre_ras, first.region_centre_ras)
+    session.reset()
+    far = ras + [60.0, 0.0, 0.0]
+    assert session.reuse_encoded_region(far) is None
+    assert session.state.prepared == first.region  # unchanged by the refused reuse
+
+
 def test_reset_clears_everything_but_the_cache(tiny_model, ct_volume):
     session = InteractiveSession(tiny_model, device="cpu")
     session.set_volume(ct_volume)
