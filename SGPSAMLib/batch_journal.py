@@ -182,8 +182,7 @@ def count_output(out: Path, output_format: str) -> tuple[int, int, float] | None
     labels = volume.array
     voxels = int(np.count_nonzero(labels))
     lesions = int(np.unique(labels[labels != 0]).size) if voxels else 0
-    voxel_ml = abs(float(np.linalg.det(volume.ijk_to_ras[:3, :3]))) / 1000.0
-    return lesions, voxels, voxels * voxel_ml
+    return lesions, voxels, voxels * volume.voxel_volume_ml
 
 
 def reusable_record(record: dict | None, case_id: str, image: str, out: Path, seeds_sha: str,

@@ -52,7 +52,7 @@ from .click_robot import (
     next_click,
 )
 from .errors import SGPSAMError
-from .geometry import Volume, array_index_to_ijk
+from .geometry import Volume
 from .job import json_safe  # noqa: F401 - re-exported: evaluation.json_safe stays valid
 
 __all__ = [
@@ -174,7 +174,7 @@ class SimulatedClick:
 # Driving a session.
 
 def _ras_of(volume: Volume, kji: tuple[int, int, int]) -> tuple[float, float, float]:
-    ras = volume.ijk_to_ras_points(array_index_to_ijk(np.asarray(kji, dtype=np.float64)))
+    ras = volume.array_index_to_ras(kji)
     return (float(ras[0]), float(ras[1]), float(ras[2]))
 
 
@@ -429,7 +429,6 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
                 session.set_volume(loaded.volume, modality=loaded.modality)
             volume = loaded.volume
             lesion_map = loaded.lesion_volume.array
-            voxel_mm3 = float(abs(np.linalg.det(volume.ijk_to_ras[:3, :3])))
             targets = lesion_map > 0
             for lesion in loaded.lesions:
                 if _stopped(stop):
@@ -441,7 +440,7 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
                 outcome = simulate_lesion(session, volume, truth, clicks,
                                           ignore=others if others.any() else None,
                                           nsd_tolerance_mm=nsd_tolerance_mm)
-                volume_ml = lesion.voxels * voxel_mm3 / 1000.0
+                volume_ml = lesion.voxels * volume.voxel_volume_ml
                 lesion_row: dict[str, Any] = {
                     "case": files.case_id, "lesion": lesion.index, "label": lesion.label_value,
                     "voxels": lesion.voxels, "volume_ml": volume_ml,

@@ -24,7 +24,7 @@ import numpy as np
 
 from .bitmap_font import CAP_HEIGHT, LINE_HEIGHT, draw_text, text_size
 from .errors import VolumeError
-from .geometry import Volume, array_index_to_ijk, ijk_to_array_index
+from .geometry import Volume, ijk_to_array_index
 from .region import resolve_modality
 
 __all__ = ["render_overlay", "write_overlay", "render_comparison", "write_comparison",
@@ -167,7 +167,7 @@ def _default_centre(volume: Volume, mask: np.ndarray | None) -> np.ndarray:
     kji = np.argwhere(mask)
     centroid = kji.mean(axis=0)
     nearest = kji[np.argmin(((kji - centroid) ** 2).sum(axis=1))]
-    return volume.ijk_to_ras_points(array_index_to_ijk(nearest.astype(np.float64)))
+    return volume.array_index_to_ras(nearest)
 
 
 def _window(volume: Volume, window: Sequence[float] | None, modality: str) -> tuple[float, float]:
@@ -533,7 +533,7 @@ def _auto_fov_mm(volume: Volume, masks: Sequence[np.ndarray | None],
         lo, hi = kji.min(axis=0), kji.max(axis=0)
         corners = np.array([[k, j, i] for k in (lo[0], hi[0]) for j in (lo[1], hi[1])
                             for i in (lo[2], hi[2])], dtype=np.float64)
-        points.extend(volume.ijk_to_ras_points(array_index_to_ijk(corners)))
+        points.extend(volume.array_index_to_ras(corners))
     if not points:
         return None
     half = float(np.max(np.abs(np.asarray(points) - centre))) + float(volume.spacing.max())

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .geometry import Volume, ijk_to_array_index
+from .geometry import Volume
 
 __all__ = ["EMPTY_PREDICTION", "empty_prediction_warning", "background_level",
            "background_point_warning", "prediction_warnings"]
@@ -66,9 +66,8 @@ def background_point_warning(volume: Volume, ras: Sequence[float], label: str,
         level = background_level(volume)
     if level is None:
         return None
-    ijk = np.rint(volume.ras_to_ijk_points(np.asarray(ras, dtype=np.float64)))
-    kji = tuple(int(v) for v in ijk_to_array_index(ijk))
-    if any(not 0 <= index < size for index, size in zip(kji, volume.array.shape)):
+    kji = volume.nearest_voxel(ras)
+    if kji is None:
         return None
     value = float(volume.array[kji])
     if not value <= float(level):  # type: ignore[arg-type]

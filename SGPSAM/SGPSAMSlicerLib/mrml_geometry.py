@@ -25,8 +25,8 @@ import numpy as np
 import slicer
 import vtk
 
-from SGPSAMLib.errors import PromptError, VolumeError
-from SGPSAMLib.geometry import Volume, ijk_to_array_index
+from SGPSAMLib.errors import VolumeError
+from SGPSAMLib.geometry import Volume
 
 __all__ = [
     "volume_from_node",
@@ -167,11 +167,4 @@ def ras_to_voxel_index(volume: Volume, ras, name: str = "point") -> tuple[int, i
     Raises:
         PromptError: the point is not inside the volume's voxels.
     """
-    ras = np.asarray(ras, dtype=np.float64).reshape(3)
-    if not volume.contains_ras(ras):
-        raise PromptError(f"{name} R={ras[0]:.1f}, A={ras[1]:.1f}, S={ras[2]:.1f} mm is outside "
-                          f"the volume {volume.name!r}")
-    ijk = np.rint(volume.ras_to_ijk_points(ras)).astype(int)
-    upper = np.asarray(volume.shape_ijk) - 1
-    k, j, i = ijk_to_array_index(np.clip(ijk, 0, upper))
-    return int(k), int(j), int(i)
+    return volume.nearest_voxel(volume.check_point(ras, name))

@@ -47,8 +47,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from SGPSAMLib.errors import PromptError, SGPSAMError, VolumeError
 from SGPSAMLib.boxes import BBox, bbox_union
+from SGPSAMLib.errors import PromptError, SGPSAMError, VolumeError
 
 from .mrml_geometry import (
     volume_from_node,
@@ -781,8 +781,7 @@ class LesionSegmenter:
     def _message(self, kind: str, lesion: Lesion, changed: int, voxels: int,
                  seconds: float) -> str:
         name = self._segment(lesion.segment_id).GetName()
-        spacing = self.volume.spacing
-        ml = voxels * float(np.prod(spacing)) / 1000.0
+        ml = voxels * self.volume.voxel_volume_ml
         what = {"add": "point added", "move": "point moved", "delete": "point deleted",
                 "replay": "points updated", "reset": "lesion reset"}.get(kind, kind)
         return (f"{name}: {what}; {ml:.2f} mL ({voxels} voxels), {changed} voxels changed "

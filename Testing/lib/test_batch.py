@@ -732,7 +732,7 @@ def test_a_failing_progress_callback_ends_the_run_with_its_error(tmp_path: Path)
 
 def test_nearby_lesions_of_a_case_share_one_encoder_pass(tmp_path: Path) -> None:
     """The second lesion's first seed lies in the central half of the first lesion's region:
-    with reuse_regions the session reuses that embedding (InteractiveSession.reuse_encoded_region)."""
+    with reuse_regions the session reuses that embedding (``reuse_encoded_region``)."""
     (tmp_path / "in").mkdir()
     _two_lesion_case(tmp_path / "in")
     seen = {}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SGPSAMLib.errors import VolumeError
+from SGPSAMLib.errors import PromptError, VolumeError
 from SGPSAMLib.geometry import (
     Volume,
     array_index_to_ijk,
@@ -171,6 +171,26 @@ def test_contains_ras_edges(volume: Volume) -> None:
     assert volume.contains_ras(edge, margin_voxels=0.0) is False
     assert volume.contains_ras(volume.ijk_to_ras_points((0, 0, 0)), margin_voxels=0.0) is True
     assert volume.contains_ras(volume.ijk_to_ras_points((-2, 0, 0)), margin_voxels=2.0) is True
+
+
+def test_array_index_ras_methods_voxel_volume_and_point_check(volume: Volume) -> None:
+    """The Volume methods every caller uses instead of composing conversions by hand."""
+    kji = np.array([[0, 0, 0], [6, 10, 12], [3, 4, 5]], dtype=np.float64)
+    ras = volume.array_index_to_ras(kji)
+    np.testing.assert_allclose(ras, volume.ijk_to_ras_points(kji[:, ::-1]))
+    np.testing.assert_allclose(volume.ras_to_array_index(ras), kji, atol=1e-9)
+    np.testing.assert_allclose(volume.array_index_to_ras((3, 4, 5)), ras[2])
+    assert volume.nearest_voxel(ras[2] + 0.1 * volume.spacing.min()) == (3, 4, 5)
+    low, high = volume.ras_bounds()
+    assert volume.nearest_voxel(high + 5.0) is None
+    assert volume.voxel_volume_ml == pytest.approx(float(np.prod(SPACING)) / 1000.0)
+    np.testing.assert_array_equal(volume.check_point(list(ras[1]), "seed 1"), ras[1])
+    with pytest.raises(PromptError, match=r"seed 1 R=.* mm is outside the volume .*RAS bounds R "):
+        volume.check_point(high + 5.0, "seed 1")
+    with pytest.raises(PromptError, match="seed 2 must be 3 finite numbers"):
+        volume.check_point([1.0, float("nan"), 2.0], "seed 2")
+    with pytest.raises(PromptError, match="must be 3 numbers"):
+        volume.check_point(["a", "b", "c"], "seed 3")
 
 
 def test_with_array_keeps_geometry(volume: Volume) -> None:
