@@ -45,23 +45,21 @@ from typing import Any
 import numpy as np
 import slicer
 import vtk
-from vtk.util import numpy_support
 
 from SGPSAMLib.boxes import BBox, bbox_union
-from SGPSAMLib.errors import PromptError, SGPSAMError, VolumeError
+from SGPSAMLib.errors import PromptError, SGPSAMError
 
 from .mrml_geometry import (
     volume_from_node,
     volume_ijk_to_segmentation_matrix,
-    vtk_from_matrix,
     world_to_volume_ras,
 )
 from .mrml_nodes import nodes_by_class
+from .segment_voxels import read_segment_box, write_segment_box
 
 __all__ = [
-    "LesionSegmenter", "Lesion", "PointRecord", "ClickResult", "LESION_TERMINOLOGY",
+    "LesionSegmenter", "EditedLesion", "PointRecord", "ClickResult", "LESION_TERMINOLOGY",
     "LESION_COLORS", "POSITIVE_COLOR", "NEGATIVE_COLOR", "ROLE_ATTRIBUTE", "SEGMENT_ATTRIBUTE",
-    "read_segment_box", "write_segment_box", "box_extent",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,11 +91,21 @@ _MOVE_TOLERANCE_MM = 1e-4
 
 @dataclass
 class PointRecord:
-    """A point the segmenter knows: its list, its control point ID and where it is."""
+    """A point the segmenter knows: its list, its control point ID and where it is.
+
+    Attributes:
+        role: "positive" or "negative" (which of the lesion's lists holds it).
+        point_id: the control point's ID in that list.
+        world: (3,) world RAS mm, as the markups node reports it (what ``_restore_markups``
+            puts back).
+        ras: (3,) the same point in the volume's own RAS frame (what the session gets),
+            converted once when the record is made (:meth:`LesionSegmenter._record`).
+    """
 
     role: str
     point_id: str
     world: np.ndarray
+    ras: np.ndarray
 
     @property
     def positive(self) -> bool:
@@ -113,8 +121,10 @@ class _UndoStep:
 
 
 @dataclass
-class Lesion:
-    """One lesion: its segment, its point lists, its points in click order and undo steps."""
+class EditedLesion:
+    """A lesion being edited: its segment, its point lists, its points in click order and
+    undo steps (``seeds.SeedLesion`` is a batch lesion's seeds, ``cases.LabelLesion`` one
+    found in a label map)."""
 
     segment_id: str
     nodes: dict[str, Any]
@@ -146,108 +156,6 @@ class ClickResult:
     seconds: float
     timings: dict[str, float]
     message: str
-
-
-# ----------------------------------------------------------------------------------------------
-# Segment <-> numpy in a box of the volume grid.
-
-def box_extent(box: BBox) -> list[int]:
-    """VTK extent (i0, i1, j0, j1, k0, k1), inclusive, of an array-order box."""
-    k, j, i = box
-    return [i.start, i.stop - 1, j.start, j.stop - 1, k.start, k.stop - 1]
-
-
-def _box_shape(box: BBox) -> tuple[int, int, int]:
-    return tuple(s.stop - s.start for s in box)
-
-
-def _matrix_of(image) -> np.ndarray:
-    matrix = vtk.vtkMatrix4x4()
-    image.GetImageToWorldMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _image_array(image) -> np.ndarray | None:
-    """(K, J, I) view of a vtkImageData's scalars, or None if it holds no voxels."""
-    scalars = image.GetPointData().GetScalars() if image.GetPointData() else None
-    extent = image.GetExtent()
-    if scalars is None or extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
-        return None
-    dims = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
-    return numpy_support.vtk_to_numpy(scalars).reshape(dims)
-
-
-def read_segment_box(segmentation_node, segment_id: str, ijk_to_segmentation: np.ndarray,
-                     box: BBox) -> np.ndarray:
-    """The segment's 0/1 content in ``box`` of the volume grid, as a uint8 (K, J, I) array.
-
-    Reads Slicer's binary labelmap of the segment (a copy of its voxels only, whatever layer it
-    shares); when its grid is not the volume's, it is resampled (nearest) onto the box first.
-    """
-    out = np.zeros(_box_shape(box), dtype=np.uint8)
-    image = slicer.vtkOrientedImageData()
-    if not segmentation_node.GetBinaryLabelmapRepresentation(segment_id, image):
-        return out
-    if _image_array(image) is None:
-        return out
-    matrix = _matrix_of(image)
-    if not np.allclose(matrix, ijk_to_segmentation, rtol=0.0, atol=1e-6):
-        reference = slicer.vtkOrientedImageData()
-        reference.SetImageToWorldMatrix(vtk_from_matrix(ijk_to_segmentation))
-        reference.SetExtent(*box_extent(box))
-        resampled = slicer.vtkOrientedImageData()
-        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-            image, reference, resampled, False, False)
-        image = resampled
-    data = _image_array(image)
-    if data is None:
-        return out
-    extent = image.GetExtent()
-    start = (extent[4], extent[2], extent[0])  # k, j, i of data[0, 0, 0]
-    src, dst = [], []
-    for axis in range(3):
-        lo = max(box[axis].start, start[axis])
-        hi = min(box[axis].stop, start[axis] + data.shape[axis])
-        if hi <= lo:
-            return out
-        src.append(slice(lo - start[axis], hi - start[axis]))
-        dst.append(slice(lo - box[axis].start, hi - box[axis].start))
-    out[tuple(dst)] = data[tuple(src)] > 0
-    return out
-
-
-def _oriented_image(values: np.ndarray, box: BBox, ijk_to_segmentation: np.ndarray):
-    image = slicer.vtkOrientedImageData()
-    image.SetExtent(*box_extent(box))
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    image.SetImageToWorldMatrix(vtk_from_matrix(ijk_to_segmentation))
-    _image_array(image)[...] = values
-    image.Modified()
-    return image
-
-
-def write_segment_box(segmentation_node, segment_id: str, ijk_to_segmentation: np.ndarray,
-                      box: BBox, values: np.ndarray) -> None:
-    """Make the segment equal ``values`` (0/1, box shape) inside ``box``; nothing else changes.
-
-    Two merges of Slicer's segmentation logic restricted to the box's extent: "minimum"
-    clears the voxels where ``values`` is 0, then "mask" sets those where it is 1. Other
-    segments are never overwritten (Slicer moves overlapping segments to separate layers).
-    """
-    values = (np.asarray(values) > 0).astype(np.uint8)
-    if values.shape != _box_shape(box):
-        raise ValueError(f"values shape {values.shape} does not match the box {_box_shape(box)}")
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    extent = box_extent(box)
-    image = _oriented_image(values, box, ijk_to_segmentation)
-    if not values.all() and not logic.SetBinaryLabelmapToSegment(
-            image, segmentation_node, segment_id, logic.MODE_MERGE_MIN, extent):
-        raise SGPSAMError(f"Slicer could not clear voxels of segment {segment_id!r} in "
-                          f"{segmentation_node.GetName()!r}")
-    if values.any() and not logic.SetBinaryLabelmapToSegment(
-            image, segmentation_node, segment_id, logic.MODE_MERGE_MASK, extent):
-        raise SGPSAMError(f"Slicer could not set voxels of segment {segment_id!r} in "
-                          f"{segmentation_node.GetName()!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +196,7 @@ class LesionSegmenter:
                                                                      segmentation_node)
         self._ensure_labelmap_source()
         self._synced = np.zeros(volume.array.shape, dtype=np.uint8)
-        self.lesions: dict[str, Lesion] = {}
+        self.lesions: dict[str, EditedLesion] = {}
         self.active_id: str | None = None
         self._updating_markups = False
 
@@ -379,7 +287,7 @@ class LesionSegmenter:
                 found[role] = node
         return found if len(found) == len(ROLES) else None
 
-    def _nodes_alive(self, lesion: Lesion) -> bool:
+    def _nodes_alive(self, lesion: EditedLesion) -> bool:
         return all(node is not None and node.GetScene() is self.scene
                    and self.scene.GetNodeByID(node.GetID()) is node
                    for node in lesion.nodes.values())
@@ -388,7 +296,7 @@ class LesionSegmenter:
     # Lesions.
 
     @property
-    def active(self) -> Lesion | None:
+    def active(self) -> EditedLesion | None:
         return self.lesions.get(self.active_id) if self.active_id else None
 
     def add_lesion(self, name: str | None = None) -> str:
@@ -408,7 +316,7 @@ class LesionSegmenter:
         self.set_active_lesion(segment_id)
         return segment_id
 
-    def set_active_lesion(self, segment_id: str) -> Lesion:
+    def set_active_lesion(self, segment_id: str) -> EditedLesion:
         """Make a segment (new, earlier or pre-existing) the one the points edit.
 
         The session is reset and the lesion's own points replayed, so later clicks continue it;
@@ -422,7 +330,7 @@ class LesionSegmenter:
                 log.info("point lists of %s were removed; its points start afresh (its voxels "
                          "stay)", segment_id)
             existing = self._existing_markups_nodes(segment_id)
-            lesion = Lesion(segment_id, existing or self._markups_nodes(segment_id))
+            lesion = EditedLesion(segment_id, existing or self._markups_nodes(segment_id))
             if existing:  # continue from the points saved with the scene
                 lesion.points = self.current_points(lesion)
             self.lesions[segment_id] = lesion
@@ -431,7 +339,7 @@ class LesionSegmenter:
         self.active_id = segment_id
         return lesion
 
-    def _switch_session(self, lesion: Lesion) -> None:
+    def _switch_session(self, lesion: EditedLesion) -> None:
         self.session.reset()
         self._synced.fill(0)
         box, _ = self._replay(lesion.points)
@@ -455,7 +363,7 @@ class LesionSegmenter:
     # ------------------------------------------------------------------------------------------
     # Points.
 
-    def _require_active(self) -> Lesion:
+    def _require_active(self) -> EditedLesion:
         lesion = self.active
         if lesion is None:
             raise SGPSAMError("no active lesion: press 'Add lesion' (or choose a segment) first")
@@ -483,18 +391,13 @@ class LesionSegmenter:
                 self._synced[box] = self.session.state.mask[box]
             lesion.box = box
 
-    def _to_volume_ras(self, world: Sequence[float], what: str) -> np.ndarray:
+    def _record(self, role: str, point_id: str, world: Sequence[float]) -> PointRecord:
+        """A point as the segmenter keeps it: world RAS converted to the volume's RAS once."""
         world = np.asarray(world, dtype=np.float64).reshape(-1)
-        if world.shape != (3,) or not np.all(np.isfinite(world)):
-            raise PromptError(f"{what} must be 3 finite RAS coordinates (mm), got {world!r}")
-        ras = world_to_volume_ras(self.volume_node, world)
-        if not self.volume.contains_ras(ras):
-            raise PromptError(
-                f"{what} R={world[0]:.1f}, A={world[1]:.1f}, S={world[2]:.1f} mm is outside the "
-                f"volume {self.volume_node.GetName()!r}; place points on the image")
-        return ras
+        ras = world_to_volume_ras(self.volume_node, world) if world.shape == (3,) else world
+        return PointRecord(role, point_id, world, np.asarray(ras, dtype=np.float64))
 
-    def current_points(self, lesion: Lesion | None = None) -> list[PointRecord]:
+    def current_points(self, lesion: EditedLesion | None = None) -> list[PointRecord]:
         """The defined control points of a lesion's lists (world RAS), in list order."""
         lesion = lesion or self._require_active()
         points = []
@@ -505,30 +408,30 @@ class LesionSegmenter:
                     continue
                 position = [0.0, 0.0, 0.0]
                 node.GetNthControlPointPositionWorld(index, position)
-                points.append(PointRecord(role, node.GetNthControlPointID(index),
-                                          np.array(position, dtype=np.float64)))
+                points.append(self._record(role, node.GetNthControlPointID(index), position))
         return points
 
     def add_point(self, world_ras: Sequence[float], positive: bool = True) -> ClickResult:
         """Add a control point to the active lesion's list and update the segment.
 
         Raises:
-            PromptError: the point is outside the volume (nothing is added).
+            PromptError: the point is not 3 finite numbers or outside the volume (nothing is
+                added).
         """
         lesion = self._require_active()
-        self._to_volume_ras(world_ras, "point")
         role = "positive" if positive else "negative"
+        record = self._record(role, "", world_ras)
+        self.volume.check_point(record.ras, "point")  # before the list is touched
         node = lesion.nodes[role]
         self._updating_markups = True
         try:
-            index = node.AddControlPointWorld(vtk.vtkVector3d(*[float(v) for v in world_ras]))
+            index = node.AddControlPointWorld(vtk.vtkVector3d(*[float(v) for v in record.world]))
         finally:
             self._updating_markups = False
-        record = PointRecord(role, node.GetNthControlPointID(index),
-                             np.asarray(world_ras, dtype=np.float64))
-        return self._apply(lesion, [*lesion.points, record], "add")
+        record.point_id = node.GetNthControlPointID(index)
+        return self._apply(lesion, [*lesion.points, record], "add", checked=1)
 
-    def _point_changes(self, lesion: Lesion) -> tuple[list[PointRecord], str] | None:
+    def _point_changes(self, lesion: EditedLesion) -> tuple[list[PointRecord], str] | None:
         """(new point list, kind of change) when the lesion's lists differ from the points
         it knows; None when they hold the same points (preview points do not count)."""
         current = self.current_points(lesion)
@@ -542,7 +445,7 @@ class LesionSegmenter:
             new = now[key]
             if np.max(np.abs(new.world - point.world)) > _MOVE_TOLERANCE_MM:
                 moved = True
-            kept.append(PointRecord(point.role, point.point_id, new.world.copy()))
+            kept.append(new)
         added = [p for key, p in now.items() if key not in known]
         removed = len(kept) < len(lesion.points)
         if not added and not removed and not moved:
@@ -594,24 +497,26 @@ class LesionSegmenter:
         """Feed points to the (reset) session in order -> (union of changed boxes, timings)."""
         box, timings = None, {}
         for point in points:
-            ras = world_to_volume_ras(self.volume_node, point.world)
-            prediction = self.session.add_point(ras, positive=point.positive)
+            prediction = self.session.add_point(point.ras, positive=point.positive)
             box = bbox_union(box, prediction.changed_bbox)
             _sum_timings(timings, prediction.timings)
         return box, timings
 
-    def _apply(self, lesion: Lesion, points: list[PointRecord], kind: str) -> ClickResult:
+    def _apply(self, lesion: EditedLesion, points: list[PointRecord], kind: str,
+               checked: int = 0) -> ClickResult:
         """Run the model for the new point list, write the changed voxels, record undo.
 
-        On any failure the session, the segment and the point lists are as before.
+        Every point is checked once (:meth:`SGPSAMLib.geometry.Volume.check_point`) before
+        anything changes; the last ``checked`` ones were checked by the caller already. On any
+        failure the session, the segment and the point lists are as before.
         """
         start = time.perf_counter()
         self._check_volume_unchanged()
         state_points = list(lesion.points)
         timings: dict[str, float] = {}
         try:
-            for point in points:
-                self._to_volume_ras(point.world, f"{point.role} point")
+            for point in points[:len(points) - checked]:
+                self.volume.check_point(point.ras, f"{point.role} point")
         except PromptError:
             self._restore_markups(lesion, state_points)
             raise
@@ -620,8 +525,7 @@ class LesionSegmenter:
             session_undo = kind == "add" and self._same(points[:-1], state_points)
             if session_undo:
                 new = points[-1]
-                ras = world_to_volume_ras(self.volume_node, new.world)
-                prediction = self.session.add_point(ras, positive=new.positive)
+                prediction = self.session.add_point(new.ras, positive=new.positive)
                 box = prediction.changed_bbox
                 _sum_timings(timings, prediction.timings)
             else:
@@ -652,9 +556,7 @@ class LesionSegmenter:
             prediction_warnings,
         )
 
-        positives = [(f"{p.role} point {p.point_id}", world_to_volume_ras(self.volume_node,
-                                                                          p.world))
-                     for p in points if p.positive]
+        positives = [(f"{p.role} point {p.point_id}", p.ras) for p in points if p.positive]
         if not positives:
             return ""
         if getattr(self, "_background", (None,))[0] is not self.volume:
@@ -669,7 +571,7 @@ class LesionSegmenter:
             p.role == q.role and p.point_id == q.point_id and np.allclose(p.world, q.world)
             for p, q in zip(a, b))
 
-    def _rollback_failed(self, lesion: Lesion, points: list[PointRecord], written: list
+    def _rollback_failed(self, lesion: EditedLesion, points: list[PointRecord], written: list
                          ) -> None:
         """After a failure: segment, session and point lists back to where they were."""
         try:
@@ -685,7 +587,7 @@ class LesionSegmenter:
             log.exception("could not restore the session after an error")
         self._restore_markups(lesion, points)
 
-    def _write_delta(self, lesion: Lesion, box: BBox | None, written: list
+    def _write_delta(self, lesion: EditedLesion, box: BBox | None, written: list
                      ) -> tuple[int, np.ndarray | None]:
         """Write voxels whose prediction changed inside ``box``; -> (count, segment before).
 
@@ -735,14 +637,14 @@ class LesionSegmenter:
         if box is not None:
             self._synced[box] = self.session.state.mask[box]
         self._restore_markups(lesion, step.points_before)
-        lesion.points = [PointRecord(p.role, p.point_id, p.world.copy())
+        lesion.points = [PointRecord(p.role, p.point_id, p.world.copy(), p.ras.copy())
                          for p in step.points_before]
         seconds = time.perf_counter() - start
         voxels = int(self.session.state.voxels)
         return ClickResult(lesion.segment_id, "undo", step.box, 0, voxels, seconds, timings,
                            f"Undone ({len(lesion.points)} point(s) left, {voxels} voxels).")
 
-    def _restore_markups(self, lesion: Lesion, points: list[PointRecord]) -> None:
+    def _restore_markups(self, lesion: EditedLesion, points: list[PointRecord]) -> None:
         """Make the point lists hold exactly ``points`` (re-adding deleted ones, moving back)."""
         if not self._nodes_alive(lesion):
             return
@@ -774,11 +676,7 @@ class LesionSegmenter:
     # ------------------------------------------------------------------------------------------
     # Reporting.
 
-    def lesion_mask(self) -> np.ndarray:
-        """Read-only (K, J, I) view of the model's current mask for the active lesion."""
-        return self.session.state.mask.view()
-
-    def _message(self, kind: str, lesion: Lesion, changed: int, voxels: int,
+    def _message(self, kind: str, lesion: EditedLesion, changed: int, voxels: int,
                  seconds: float) -> str:
         name = self._segment(lesion.segment_id).GetName()
         ml = voxels * self.volume.voxel_volume_ml
@@ -786,18 +684,3 @@ class LesionSegmenter:
                 "replay": "points updated", "reset": "lesion reset"}.get(kind, kind)
         return (f"{name}: {what}; {ml:.2f} mL ({voxels} voxels), {changed} voxels changed "
                 f"in {seconds:.2f} s")
-
-    def describe(self) -> dict[str, Any]:
-        """A JSON-able summary (for logs and tests)."""
-        return {
-            "volume": self.volume_node.GetName(),
-            "segmentation": self.segmentation_node.GetName(),
-            "active": self.active_id,
-            "lesions": {sid: len(lesion.points) for sid, lesion in self.lesions.items()},
-        }
-
-
-def check_segmentation_node(node) -> None:
-    """Raise VolumeError unless ``node`` is a segmentation node (for selector input)."""
-    if node is not None and not node.IsA("vtkMRMLSegmentationNode"):
-        raise VolumeError(f"{node.GetName()!r} is a {node.GetClassName()}, not a segmentation")

@@ -15,11 +15,8 @@ vtk = pytest.importorskip("vtk")
 
 from SGPSAMSlicerLib import mrml_geometry  # noqa: E402
 from SGPSAMSlicerLib.logic import SegmentLogic  # noqa: E402
-from SGPSAMSlicerLib.segment import (  # noqa: E402
-    LESION_TERMINOLOGY,
-    read_segment_box,
-    write_segment_box,
-)
+from SGPSAMSlicerLib.segment import LESION_TERMINOLOGY  # noqa: E402
+from SGPSAMSlicerLib.segment_voxels import read_segment_box, write_segment_box  # noqa: E402
 from SGPSAMSlicerLib.selftest import dice, make_oracle_model, make_phantom  # noqa: E402
 from SGPSAMSlicerLib.settings import QSettingsStore, Settings  # noqa: E402
 
@@ -224,6 +221,41 @@ def test_dice_fails_when_the_volume_transform_is_ignored(mrml, phantom, monkeypa
     assert logic.segmenter.volume.contains_ras(world), "the control needs a click inside"
     logic.addPoint(world)
     assert dice(_segment(segmentation, lesion, volume), phantom.label == 1) < 0.3
+
+
+def test_a_click_is_converted_once_and_checked_once_per_layer(scene_case, phantom,
+                                                              monkeypatch) -> None:
+    """One click: world -> volume RAS once (the point record), one check on the Slicer path and
+    one in the session, whatever the number of points the lesion already has."""
+    from SGPSAMSlicerLib import segment  # noqa: PLC0415
+
+    scene, volume, logic = scene_case
+    logic.startSession(volume)
+    logic.addLesion()
+    centre = _apply(VOLUME_TRANSFORM, phantom.centres_ras[0])
+    logic.addPoint(centre)
+    conversions: list = []
+    checks: list = []
+    original_convert = segment.world_to_volume_ras
+    original_check = Volume.check_point
+
+    def convert(node, points):
+        conversions.append(np.asarray(points).copy())
+        return original_convert(node, points)
+
+    def check(self, ras, what="point"):
+        checks.append((np.asarray(ras, dtype=float).copy(), what))
+        return original_check(self, ras, what)
+
+    monkeypatch.setattr(segment, "world_to_volume_ras", convert)
+    monkeypatch.setattr(Volume, "check_point", check)
+    second = centre + np.array([1.0, -1.0, 0.5])
+    logic.addPoint(second, positive=False)
+    assert len(conversions) == 1
+    np.testing.assert_allclose(conversions[0], second)
+    new_ras = original_convert(volume, second)
+    on_new = [what for ras, what in checks if np.allclose(ras, new_ras)]
+    assert on_new == ["point", "add_point: point"]
 
 
 def test_undo_restores_the_segment_exactly_and_keeps_manual_edits(scene_case, phantom) -> None:
