@@ -13,7 +13,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "PRESETS": "build", "build_model": "build", "load_model": "build",
+    "PRESETS": "presets", "build_model": "build", "load_model": "build",
     "save_checkpoint": "build", "describe_checkpoint": "build",
     "ModelConfig": "config",
     "SGPSAMError": "errors", "CheckpointError": "errors", "VolumeIOError": "errors",

@@ -86,10 +86,10 @@ from .boxes import bbox_union
 from .errors import CheckpointError, PromptError, SGPSAMError, VolumeIOError
 from .geometry import Volume
 from .io import read_volume, write_labelmap
+from .options import COORDINATE_SPACES, IMAGE_SUFFIXES, OUTPUT_FORMATS, look_up_option
 from .result_checks import background_level, background_point_warning
 from .runfiles import fingerprint, remove_stale_temporaries, sha256_file
 from .seeds import (
-    SPACES,
     Lesion,
     Seed,
     group_lesions,
@@ -109,8 +109,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 ProgressFn = Callable[[dict], None]
 StopFn = Callable[[], bool]
 
-OUTPUT_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd"}
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 STATUSES = ("ok", "skipped", "no_seeds", "failed")
 SUMMARY_COLUMNS = ("case", "image", "output", "lesions", "voxels", "volume_ml", "seconds",
                    "status", "error", "warnings")
@@ -366,9 +364,7 @@ def shard_cases(cases: Sequence[CaseInput], index: int, count: int) -> list[Case
 
 def output_path(output: PathLike, case_id: str, output_format: str) -> Path:
     """Where a case's result goes: ``<output>/<case id><suffix>``."""
-    if output_format not in OUTPUT_FORMATS:
-        raise SGPSAMError(f"output format {output_format!r}; expected one of "
-                          f"{', '.join(OUTPUT_FORMATS)}")
+    look_up_option(output_format, OUTPUT_FORMATS, "output format")
     return Path(output) / (case_id + OUTPUT_FORMATS[output_format])
 
 
@@ -707,11 +703,8 @@ class _Runner:
         c = self.config
         started = time.perf_counter()
         in_dir, out_dir = Path(c.input), Path(c.output)
-        if c.output_format not in OUTPUT_FORMATS:
-            raise SGPSAMError(f"output format {c.output_format!r}; expected one of "
-                              f"{', '.join(OUTPUT_FORMATS)}")
-        if str(c.csv_space).upper() not in SPACES:
-            raise SGPSAMError(f"csv space {c.csv_space!r}; expected RAS or LPS")
+        look_up_option(c.output_format, OUTPUT_FORMATS, "output format")
+        look_up_option(str(c.csv_space), COORDINATE_SPACES, "csv space", case_sensitive=False)
         if not in_dir.is_dir():
             raise VolumeIOError(f"input {in_dir}: not a folder; expected a folder of volumes")
         if out_dir.exists() and not out_dir.is_dir():

@@ -1,4 +1,5 @@
-"""Named model presets and strict, safe checkpoint loading/saving.
+"""Building models from presets (:mod:`SGPSAMLib.presets`) and strict, safe checkpoint
+loading/saving.
 
 Accepted checkpoint layouts (always read with ``torch.load(..., weights_only=True)``):
 - official SAM-Med3D: ``{"model_state_dict": state_dict}`` (e.g. ``sam_med3d_turbo.pth``);
@@ -39,6 +40,7 @@ from .config_check import (
 from .errors import CheckpointError
 from .modeling import SGPSAMModel
 from .models import check_checkpoint_file, resolve_model
+from .presets import PRESETS, preset_config
 
 __all__ = ["PRESETS", "build_model", "load_model", "save_checkpoint", "describe_checkpoint",
            "read_checkpoint", "safe_torch_load", "check_config_fits", "check_config_buildable",
@@ -52,31 +54,6 @@ CHECKPOINT_FORMAT = "sgpsam"
 CHECKPOINT_FORMAT_VERSION = 1
 _SGPM_KEY = ".sgpm."
 
-PRESETS: dict[str, ModelConfig] = {
-    # SAM-Med3D vit_b_ori: the architecture of the public sam_med3d(_turbo).pth checkpoints.
-    "sam_med3d": ModelConfig(preset="sam_med3d"),
-    # The same backbone with an SGPM after each global-attention block.
-    "sgp_sam": ModelConfig(preset="sgp_sam", sgpm_blocks=(2, 5, 8, 11)),
-    # Same code and geometry (128^3 crop, 8^3 tokens, 14^3 padded windows), small widths: tests.
-    "tiny": ModelConfig(
-        preset="tiny", embed_dim=48, depth=4, num_heads=2, out_chans=48,
-        global_attn_indexes=(1, 3), mask_in_chans=8, decoder_num_heads=2, decoder_mlp_dim=64,
-        iou_head_hidden_dim=32, sgpm_blocks=(1, 3), sgpm_gate_hidden=8, sgpm_bottleneck=8,
-    ),
-    # The bundled demo model: small enough to train on a 2-core CPU within an hour and to ship
-    # (< 25 MB). SAM-Med3D's voxel size (1.5 mm) on a 64^3 crop (96 mm field of view) with 8^3
-    # patches (8^3 tokens, all attention global: the grid is smaller than a window), and a
-    # full-resolution refinement head (modeling/refiner.py) so that the mask has 1.5 mm cells
-    # instead of the decoder's 3 mm: small lesions are a few cells of the decoder's grid.
-    "demo": ModelConfig(
-        preset="demo", image_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=4,
-        out_chans=96, window_size=0,
-        global_attn_indexes=(2, 5), mask_in_chans=8, decoder_num_heads=4, decoder_mlp_dim=256,
-        iou_head_hidden_dim=64, sgpm_blocks=(2, 5), sgpm_gate_hidden=32, sgpm_bottleneck=32,
-        refine_channels=(16, 32, 64),
-    ),
-}
-
 PathLike = Union[str, os.PathLike]
 
 
@@ -85,9 +62,7 @@ def build_model(preset: str | ModelConfig = "sgp_sam", **overrides: Any) -> SGPS
     if isinstance(preset, ModelConfig):
         config = preset
     else:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        config = PRESETS[preset]
+        config = preset_config(preset)
     if overrides:
         config = config.replace(**overrides)
     return SGPSAMModel(config)
@@ -316,9 +291,7 @@ def load_model(path: PathLike, device: str | torch.device = "cpu",
         config = config_from_checkpoint(config_dict, path)
     else:
         name = preset or ("sgp_sam" if has_sgpm else "sam_med3d")
-        if name not in PRESETS:
-            raise CheckpointError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        config = PRESETS[name]
+        config = preset_config(name, error=CheckpointError)
     if config not in PRESETS.values():
         # The file's own config: validated on the meta device before anything is allocated.
         check_config_fits(config, state, path, allow_missing_sgpm=not has_sgpm)

@@ -1,6 +1,6 @@
 """Model configuration: every size of the architecture in one validated, serialisable dataclass.
 
-Hyper-parameters live here and in the named presets of ``build.py`` only, so a checkpoint can
+Hyper-parameters live here and in the named presets of ``presets.py`` only, so a checkpoint can
 carry its config (``to_dict``) and be rebuilt exactly (``from_dict``).
 """
 from __future__ import annotations
@@ -9,9 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelConfig", "GATE_MODES"]
+from .options import GATE_MODES, look_up_option
 
-GATE_MODES = ("learned", "always_on", "always_off")
+__all__ = ["ModelConfig", "GATE_MODES"]
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,7 @@ class ModelConfig:
             if bad:
                 raise ValueError(f"ModelConfig.{name} has block indices {bad} outside "
                                  f"0..{self.depth - 1}")
-        if self.gate_mode not in GATE_MODES:
-            raise ValueError(f"ModelConfig.gate_mode must be one of {GATE_MODES}, "
-                             f"got {self.gate_mode!r}")
+        look_up_option(self.gate_mode, GATE_MODES, "ModelConfig.gate_mode")
         if self.crop_spacing_mm <= 0 or self.gumbel_tau <= 0 or self.mlp_ratio <= 0:
             raise ValueError("ModelConfig.crop_spacing_mm, gumbel_tau and mlp_ratio must be > 0")
         if self.refine_channels:

@@ -6,7 +6,7 @@ mapping back to the original grid) with simulated clicks, and scores the mask on
 voxel grid, not in the model's crop.
 
 Protocol, per lesion (a connected component of the target labels, or a whole label value; see
-:func:`SGPSAMLib.training.data.load_case`):
+:func:`SGPSAMLib.cases.load_case`):
 
 1. The session is reset (cached embeddings are kept). Click 1 is positive, at the lesion's most
    interior voxel (largest distance in mm to the nearest non-lesion voxel; ties: nearest the
@@ -54,6 +54,7 @@ from .click_robot import (
 from .errors import SGPSAMError
 from .geometry import Volume
 from .job import json_safe  # noqa: F401 - re-exported: evaluation.json_safe stays valid
+from .options import LESION_UNITS, look_up_option
 
 __all__ = [
     "EvaluationResult",
@@ -343,7 +344,7 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
     Args:
         model_or_path: an ``SGPSAMModel`` (or any model the session accepts), a checkpoint path,
             or a known model name (``SGPSAMLib.models``).
-        data_folder: image/label pairs in any layout ``SGPSAMLib.training.find_cases`` accepts
+        data_folder: image/label pairs in any layout ``SGPSAMLib.cases.find_cases`` accepts
             (MSD ``imagesTr/`` + ``labelsTr/``, ...).
         clicks: clicks per lesion (>= 1).
         device: "auto", "cpu", "cuda", ...
@@ -373,19 +374,18 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
         SGPSAMError / OSError: bad folder, no cases, unreadable model. A case that fails to load
         or segment is reported in its row (status "failed") and the run goes on.
     """
-    from .training.data import LESION_UNITS, find_cases, load_case
+    from .cases import find_cases, load_case
 
     if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 1:
         raise SGPSAMError(f"--clicks: expected an integer >= 1, got {clicks!r}")
-    if lesion_unit not in LESION_UNITS:
-        raise SGPSAMError(f"--lesion-unit: expected one of {LESION_UNITS}, got {lesion_unit!r}")
+    look_up_option(lesion_unit, LESION_UNITS, "--lesion-unit")
     if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
         raise SGPSAMError(f"--max-windows: expected an integer >= 1, got {max_windows!r}")
     if not (isinstance(nsd_tolerance_mm, (int, float)) and nsd_tolerance_mm >= 0):
         raise SGPSAMError(f"--nsd-tolerance: expected a number >= 0 (mm), got "
                           f"{nsd_tolerance_mm!r}")
     start = time.perf_counter()
-    cases = find_cases(data_folder)
+    cases = find_cases(data_folder, role="evaluation data")
     if max_cases is not None:
         cases = cases[:max(0, int(max_cases))]
     if session is None:

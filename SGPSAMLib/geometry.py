@@ -25,6 +25,7 @@ from typing import Union
 import numpy as np
 
 from .errors import PromptError, VolumeError
+from .options import COORDINATE_SPACES
 
 __all__ = [
     "Volume",
@@ -127,7 +128,7 @@ def ijk_to_ras_matrix(
     unit directions of the i, j, k axes. ``origin`` and ``direction`` are in ``space``
     ("LPS" as SimpleITK reports them, or "RAS").
     """
-    if space not in ("LPS", "RAS"):
+    if space not in COORDINATE_SPACES:
         raise VolumeError(f"space must be 'LPS' or 'RAS'; got {space!r}")
     sp = np.asarray(spacing, dtype=np.float64)
     if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from .errors import VolumeError, VolumeIOError
 from .geometry import Volume, ijk_to_ras_matrix, lps_geometry
 from .headers import check_declared_size, check_image_file, declared_by_itk
+from .options import WRITE_SUFFIXES
 
 __all__ = [
     "READ_FORMATS",
@@ -49,9 +50,8 @@ READ_FORMATS = (
     "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) "
     "or a folder holding a DICOM series"
 )
-# Single-file formats only: a two-file header (.nhdr, .mhd) names its data file, which a
-# temporary name followed by a rename would break.
-WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+# WRITE_SUFFIXES are single-file formats only: a two-file header (.nhdr, .mhd) names its data
+# file, which a temporary name followed by a rename would break.
 
 
 def _suffix(path: Path) -> str:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .boxes import BBox, bbox_union
 from .geometry import Volume, array_index_to_ijk, ijk_to_array_index, transform_points
+from .options import MODALITIES, look_up_option
 
 __all__ = [
     "Region", "sample_region", "normalize_crop", "resolve_modality",
@@ -38,7 +39,6 @@ __all__ = [
 CT_CLIP_HU = (-1000.0, 1000.0)
 #: "auto" modality: a volume whose minimum is below this is CT (air is about -1000 HU).
 CT_AUTO_MIN_HU = -500.0
-MODALITIES = ("CT", "MR", "auto")
 
 # Voxels per chunk when evaluating grids, to bound temporary memory (about 100 MB).
 _CHUNK_VOXELS = 1 << 22
@@ -340,10 +340,8 @@ def resolve_modality(values: np.ndarray | float, modality: str = "auto") -> str:
         values: the whole volume's array (or its minimum): "auto" looks at the minimum only.
         modality: "CT", "MR" or "auto" (case-insensitive).
     """
-    if not isinstance(modality, str) or modality.upper() not in ("CT", "MR", "AUTO"):
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    modality = modality.upper()
-    if modality != "AUTO":
+    modality = look_up_option(modality, MODALITIES, "modality", case_sensitive=False)
+    if modality != "auto":
         return modality
     minimum = float(np.min(values))
     return "CT" if minimum < CT_AUTO_MIN_HU else "MR"

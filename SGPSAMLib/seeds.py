@@ -59,6 +59,7 @@ import numpy as np
 
 from .errors import PromptError, SGPSAMError
 from .geometry import lps_to_ras
+from .options import COORDINATE_SPACES
 
 __all__ = ["Seed", "Lesion", "SeedFileError", "read_markups", "read_seed_csv",
            "group_lesions", "parse_sign", "seeds_fingerprint", "CSV_COLUMNS", "SPACES"]
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-SPACES = ("RAS", "LPS")
+SPACES = COORDINATE_SPACES
 CSV_COLUMNS = ("case", "x", "y", "z", "label", "lesion", "space")
 _REQUIRED_CSV = ("case", "x", "y", "z")
 

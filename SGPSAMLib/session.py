@@ -53,6 +53,7 @@ from .boxes import BBox, bbox_union, foreground_box
 from .devices import resolve_device
 from .errors import VolumeError
 from .geometry import Volume
+from .options import PROMPT_MODES, look_up_option
 from .region import (
     Region,
     footprint_bbox,
@@ -68,7 +69,6 @@ __all__ = ["InteractiveSession", "SessionState", "RegionState", "Click", "Predic
 
 log = logging.getLogger(__name__)
 
-PROMPT_MODES = ("latest", "cumulative")
 TIMING_KEYS = ("sample", "normalize", "encode", "decode", "map_back", "total")
 
 
@@ -177,8 +177,7 @@ class InteractiveSession:
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "auto",
                  prompt_mode: str = "latest", amp: bool = True, extend_at_border: bool = True,
                  max_windows: int = 8, cache_size: int = 16) -> None:
-        if prompt_mode not in PROMPT_MODES:
-            raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
+        look_up_option(prompt_mode, PROMPT_MODES, "prompt_mode")
         for name, value in (("max_windows", max_windows), ("cache_size", cache_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")

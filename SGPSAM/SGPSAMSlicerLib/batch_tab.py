@@ -16,7 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from SGPSAMLib import options
 from SGPSAMLib.errors import CheckpointError, SGPSAMError, VolumeIOError
+from SGPSAMLib.options import COORDINATE_SPACES, MODALITIES, look_up_option
 
 from .child_job import STOP_FILE_OPTION, ChildJob, JobState, JobTab
 from .interpreter import child_environment, python_executable
@@ -39,10 +41,9 @@ logger = logging.getLogger(__name__)
 # After Stop, how long the child may take to finish its current lesion before it is killed.
 BATCH_GRACE_S = 180.0
 
-# ``sgpsam batch --format`` choices (SGPSAMLib.batch.OUTPUT_FORMATS), Slicer's own first.
-OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd")
+# ``sgpsam batch --format`` choices (SGPSAMLib.options.OUTPUT_FORMATS), Slicer's own first.
+OUTPUT_FORMATS = ("seg.nrrd", *(f for f in options.OUTPUT_FORMATS if f != "seg.nrrd"))
 SEED_MARKUPS = "markups"
-MODALITIES = ("auto", "CT", "MR")
 # Statuses of a row: the child's (ok, skipped, no_seeds, failed) plus our "running".
 RESULT_STATUSES = ("ok", "skipped")
 #: The status table's column titles, in the order of ``CaseRow.cells()``.
@@ -190,14 +191,10 @@ class BatchTabLogic(JobTab):
                 raise _field_error("Seeds", f"{seeds_path}: no such file; expected a CSV file "
                                             "or seeds from markups files")
             seeds = str(seeds_path.resolve())
-        if params.output_format not in OUTPUT_FORMATS:
-            raise _field_error("Output format", f"{params.output_format!r}; expected one of "
-                                                f"{', '.join(OUTPUT_FORMATS)}")
-        if str(params.csv_space).upper() not in ("RAS", "LPS"):
-            raise _field_error("CSV space", f"{params.csv_space!r}; expected RAS or LPS")
-        if params.modality not in MODALITIES:
-            raise _field_error("Modality", f"{params.modality!r}; expected "
-                                           f"{', '.join(MODALITIES)}")
+        look_up_option(params.output_format, OUTPUT_FORMATS, "Output format")
+        look_up_option(str(params.csv_space), COORDINATE_SPACES, "CSV space",
+                       case_sensitive=False)
+        look_up_option(params.modality, MODALITIES, "Modality")
         device = (params.device or "auto").strip()
         return replace(params, input_folder=str(input_dir.resolve()),
                        output_folder=str(output_dir.resolve()), model=str(model), seeds=seeds,

@@ -21,6 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from SGPSAMLib.options import COORDINATE_SPACES
+
 from .batch_tab import OUTPUT_FORMATS, SEED_MARKUPS, BatchParams
 from .training_tab import MODES
 
@@ -60,7 +62,7 @@ BATCH_FORM: tuple[FormField, ...] = (
     FormField("recursive", bool, False, "batchRecursiveCheckBox"),
     FormField("seeds", SeedSource, SeedSource.MARKUPS, "batchSeedsComboBox"),
     FormField("seedsCsv", Path, Path(), "batchSeedsCsvPathLineEdit"),
-    FormField("csvSpace", str, "RAS", "batchCsvSpaceComboBox", choices=("RAS", "LPS")),
+    FormField("csvSpace", str, "RAS", "batchCsvSpaceComboBox", choices=COORDINATE_SPACES),
     FormField("outputFolder", Path, Path(), "batchOutputPathLineEdit"),
     FormField("outputFormat", str, OUTPUT_FORMATS[0], "batchFormatComboBox",
               choices=OUTPUT_FORMATS),

@@ -13,6 +13,8 @@ from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from SGPSAMLib.options import MODALITIES, PROMPT_MODES
+
 __all__ = ["Setting", "SETTINGS", "Settings", "QSettingsStore", "PREFIX", "DEVICES",
            "MODALITIES", "PROMPT_MODES"]
 
@@ -21,8 +23,6 @@ log = logging.getLogger(__name__)
 #: Group of every key in the store (QSettings shows it as a section).
 PREFIX = "SGPSAM/"
 DEVICES = ("auto", "cpu", "cuda")
-MODALITIES = ("auto", "CT", "MR")
-PROMPT_MODES = ("latest", "cumulative")
 LOCAL_MODEL = "local"
 
 
@@ -119,9 +119,6 @@ class Settings:
         """Forget a stored value (the default applies again)."""
         self._spec(key)
         self._store.pop(PREFIX + key, None)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {key: self[key] for key in SETTINGS}
 
     def __iter__(self) -> Iterator[str]:
         return iter(SETTINGS)

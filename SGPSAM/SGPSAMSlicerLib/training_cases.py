@@ -36,6 +36,7 @@ import numpy as np
 from SGPSAMLib.errors import SGPSAMError, VolumeError
 from SGPSAMLib.geometry import Volume
 from SGPSAMLib.io import atomic_write, write_labelmap, write_volume
+from SGPSAMLib.options import IMAGE_MODALITIES, look_up_option
 
 from .mrml_nodes import nodes_by_class
 
@@ -312,8 +313,8 @@ def export_training_cases(
     if not pairs:
         raise SGPSAMError("no training cases chosen; add at least one volume with its "
                           "segmentation")
-    if modality not in (None, "CT", "MR"):
-        raise SGPSAMError(f"modality must be 'CT', 'MR' or None; got {modality!r}")
+    if modality is not None:
+        look_up_option(modality, IMAGE_MODALITIES, "modality")
 
     prepared: list[tuple[str, Volume, np.ndarray, list[str]]] = []
     taken: set[str] = set()

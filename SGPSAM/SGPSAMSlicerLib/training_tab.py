@@ -17,7 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from SGPSAMLib import presets
 from SGPSAMLib.errors import SGPSAMError
+from SGPSAMLib.options import IMAGE_MODALITIES, MODALITIES, look_up_option
+from SGPSAMLib.options import TRAIN_MODES as MODES
 
 from .batch_tab import _writable_folder, resolve_model_field
 from .child_job import STOP_FILE_OPTION, ChildJob, JobState, JobTab, finite_number
@@ -39,10 +42,8 @@ logger = logging.getLogger(__name__)
 # save last.pt / state.pt before it is killed; a CPU step can take minutes.
 TRAIN_GRACE_S = 900.0
 
-MODES = ("sgp", "finetune")
-# Architectures for a random init (SGPSAMLib.build.PRESETS; not imported: it pulls in torch).
-PRESETS = ("sgp_sam", "sam_med3d", "demo", "tiny")
-MODALITIES = ("auto", "CT", "MR")
+# Architectures for a random init (SGPSAMLib.presets, torch-free), the SGP-SAM one first.
+PRESETS = ("sgp_sam", *(name for name in presets.PRESETS if name != "sgp_sam"))
 # Sub-folder of the output folder that receives cases exported from the scene.
 SCENE_DATA_FOLDER = "training_data"
 RUN_FILES = ("last.pt", "state.pt")
@@ -171,8 +172,7 @@ class TrainingTabLogic(JobTab):
             if not folder.is_dir():
                 raise _field_error("Training data", f"{folder} is not an existing folder")
             data = str(folder.resolve())
-        if params.mode not in MODES:
-            raise _field_error("Mode", f"{params.mode!r}; expected one of {', '.join(MODES)}")
+        look_up_option(params.mode, MODES, "Mode")
         base = ""
         if (params.base_model or "").strip():
             base = str(resolve_model_field(params.base_model, "Base model"))
@@ -181,8 +181,8 @@ class TrainingTabLogic(JobTab):
                                              "pretrained backbone; choose a pretrained base "
                                              "model (e.g. sam_med3d_turbo) or mode 'finetune'")
         preset = (params.preset or "").strip()
-        if preset and preset not in PRESETS:
-            raise _field_error("Preset", f"{preset!r}; expected one of {', '.join(PRESETS)}")
+        if preset:
+            look_up_option(preset, PRESETS, "Preset")
         epochs = steps = None
         if params.steps is not None:
             steps = _number(params.steps, "Steps", int, 1, True)
@@ -201,9 +201,7 @@ class TrainingTabLogic(JobTab):
             if val >= 1.0:
                 raise _field_error("Validation fraction", f"{params.val_fraction!r}; expected "
                                                           "a number in [0, 1)")
-        if params.modality not in MODALITIES:
-            raise _field_error("Modality", f"{params.modality!r}; expected "
-                                           f"{', '.join(MODALITIES)}")
+        look_up_option(params.modality, MODALITIES, "Modality")
         return replace(params, output_folder=str(output.resolve()), data_folder=data,
                        base_model=base, preset=preset, epochs=epochs, steps=steps, lr=lr,
                        batch_size=batch, val_fraction=val,
@@ -262,7 +260,7 @@ class TrainingTabLogic(JobTab):
         scene_data = scene_pairs is not None
         valid = self.validate(params, scene_data=scene_data)
         if scene_data:
-            modality = valid.modality if valid.modality in ("CT", "MR") else None
+            modality = valid.modality if valid.modality in IMAGE_MODALITIES else None
             data = self.export_scene_cases(scene_pairs, valid.output_folder, modality)
             valid = replace(valid, data_folder=str(data))
         self.params = valid

@@ -22,12 +22,11 @@ from typing import Any
 
 from ..errors import SGPSAMError
 from ..job import ProgressLines, StopOnSignals, print_record
+from ..options import COORDINATE_SPACES, MODALITIES, OUTPUT_FORMATS, PROMPT_MODES
 from ..stopfile import add_stop_file_option, stop_file_flag
 from .common import EXIT_FAILED, EXIT_OK
 
 __all__ = ["register"]
-
-_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
 
 _DESCRIPTION = """\
 Segment every volume in INPUT_DIR (NIfTI, NRRD, MHA files and DICOM series folders) from seed
@@ -86,10 +85,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--recursive", action="store_true", help="also search sub-folders")
     parser.add_argument("--seeds", default="markups", metavar="markups|FILE.csv",
                         help="where seed points come from (default: markups)")
-    parser.add_argument("--csv-space", default="RAS", type=str.upper, choices=("RAS", "LPS"),
+    parser.add_argument("--csv-space", default="RAS", type=str.upper, choices=COORDINATE_SPACES,
                         help="coordinate system of CSV rows without a 'space' value "
                              "(default: RAS, as Slicer shows points)")
-    parser.add_argument("--format", default="nii.gz", choices=_FORMATS,
+    parser.add_argument("--format", default="nii.gz", choices=tuple(OUTPUT_FORMATS),
                         help="output file type (default: nii.gz)")
     parser.add_argument("--shard", metavar="I/N",
                         help="process only shard I of N (0-based), for cluster job arrays")
@@ -97,9 +96,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo cases that are already done (default: skip them)")
-    parser.add_argument("--modality", default="auto", choices=("auto", "CT", "MR"),
+    parser.add_argument("--modality", default="auto", choices=MODALITIES,
                         help="intensity normalisation (default: auto)")
-    parser.add_argument("--prompt-mode", default="latest", choices=("latest", "cumulative"),
+    parser.add_argument("--prompt-mode", default="latest", choices=PROMPT_MODES,
                         help="which clicks the model sees (default: latest)")
     parser.add_argument("--max-windows", type=int, default=8, metavar="N",
                         help="most overlapping windows per lesion when it crosses a region "

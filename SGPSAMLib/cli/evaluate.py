@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import SGPSAMError
 from ..job import ProgressLines, StopOnSignals, json_safe, print_record
+from ..options import LESION_UNITS, MODALITIES, PROMPT_MODES
 from .common import one_line, warn
 
 __all__ = ["register"]
@@ -59,15 +60,15 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--no-plot", action="store_true", help="write no Dice-per-click plot")
     add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N")
     add("--labels", metavar="V[,V...]", help="target label values (default: every non-zero)")
-    add("--lesion-unit", default="component", choices=("component", "label"),
+    add("--lesion-unit", default="component", choices=LESION_UNITS,
         help="a lesion is a connected component (default) or a whole label value")
     add("--min-lesion-voxels", type=int, default=1, metavar="N",
         help="skip lesions smaller than N voxels (default 1)")
     add("--nsd-tolerance", type=float, default=2.0, metavar="MM",
         help="NSD tolerance in mm (default 2)")
-    add("--modality", default="auto", choices=("auto", "CT", "MR"),
+    add("--modality", default="auto", choices=MODALITIES,
         help="intensity normalisation (default: auto)")
-    add("--prompt-mode", default="latest", choices=("latest", "cumulative"),
+    add("--prompt-mode", default="latest", choices=PROMPT_MODES,
         help="which clicks the model sees (default: latest)")
     add("--max-cases", type=int, metavar="N", help="evaluate only the first N cases")
     add("--max-windows", type=int, default=8, metavar="N",

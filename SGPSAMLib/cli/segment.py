@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import PromptError, SGPSAMError, VolumeIOError
+from ..options import MODALITIES, PROMPT_MODES, WRITE_SUFFIXES
 from .common import format_mm, warn
 
 __all__ = ["register", "parse_point", "PointArg", "WRITE_SUFFIXES"]
 
 log = logging.getLogger(__name__)
-
-#: Output types of a mask; the same as ``SGPSAMLib.io.WRITE_SUFFIXES`` (a test keeps them equal),
-#: spelled out so that building the parser imports no numpy or SimpleITK.
-WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 _POINT_HELP = """\
 a click as R,A,S[,+|-]: coordinates in mm (RAS, as Slicer shows them; LPS with --lps) and an
@@ -98,9 +95,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     segment.add_argument("--device", default="auto",
                          help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
                               "(default: auto)")
-    segment.add_argument("--prompt-mode", default="latest", choices=("latest", "cumulative"),
+    segment.add_argument("--prompt-mode", default="latest", choices=PROMPT_MODES,
                          help="which clicks the model sees (default: latest)")
-    segment.add_argument("--modality", default="auto", choices=("auto", "CT", "MR"),
+    segment.add_argument("--modality", default="auto", choices=MODALITIES,
                          help="intensity normalisation; CT clips to [-1000, 1000] HU "
                               "(default: auto)")
     segment.set_defaults(handler=_segment)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SGPSAMError
+from ..options import SYNTH_MODALITIES
 
 __all__ = ["register", "parse_triplet"]
 
@@ -62,7 +63,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     add("--cases", required=True, type=int, metavar="N", help="number of cases")
     add("--seed", type=int, default=0, metavar="S", help="seed of case 0 (default 0)")
-    add("--modality", default="random", choices=("CT", "MR", "random"),
+    add("--modality", default="random", choices=SYNTH_MODALITIES,
         help="image type (default: random per case)")
     add("--shape", metavar="X,Y,Z", help="voxels along x, y, z (default 96,96,64)")
     add("--spacing", metavar="X,Y,Z",

@@ -6,10 +6,10 @@ recipe and the files a run writes.
 """
 from __future__ import annotations
 
+from ..cases import CaseFiles, LabelLesion, LoadedCase, find_cases, load_case, split_cases
 from .config import TrainConfig
-from .data import CaseFiles, Lesion, LoadedCase, find_cases, load_case, split_cases
 from .trainer import TrainResult, build_initial_model, train, trainable_parameter_names
 
 __all__ = ["TrainConfig", "TrainResult", "train", "find_cases", "CaseFiles", "LoadedCase",
-           "Lesion", "load_case", "split_cases", "build_initial_model",
+           "LabelLesion", "load_case", "split_cases", "build_initial_model",
            "trainable_parameter_names"]

@@ -8,15 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SGPSAMError
+from ..options import (
+    AMP_MODES,
+    CLICK_MODES,
+    GATE_MODES,
+    LESION_UNITS,
+    LOSSES,
+    MODALITIES,
+    PROMPT_MODES,
+    look_up_option,
+)
+from ..options import TRAIN_MODES as MODES
 
-__all__ = ["TrainConfig", "MODES", "GATE_MODES", "AMP_MODES", "PROMPT_MODES", "RESUME_OVERRIDABLE"]
-
-MODES = ("sgp", "finetune")
-GATE_MODES = ("learned", "always_on", "always_off")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
-PROMPT_MODES = ("latest", "cumulative")
-#: Corrective-click protocols (see ``training/clicks.py``).
-CLICK_MODES = ("uniform", "center", "mixed")
+__all__ = ["TrainConfig", "MODES", "GATE_MODES", "AMP_MODES", "PROMPT_MODES", "CLICK_MODES",
+           "RESUME_OVERRIDABLE"]
 #: Options a resumed run may change; any other difference from the stored run is an error.
 RESUME_OVERRIDABLE = ("steps", "epochs", "device", "num_workers", "threads", "val_every",
                       "checkpoint_every", "log_every", "resume", "command", "out", "data",
@@ -151,15 +156,13 @@ class TrainConfig:
         def bad(flag: str, expected: str, value: Any) -> SGPSAMError:
             return SGPSAMError(f"--{flag}: expected {expected}, got {value!r}")
 
-        choices = (("mode", MODES), ("loss", (None, "zoom", "dicece")),
-                   ("click-mode", CLICK_MODES),
-                   ("gate-mode", (None, *GATE_MODES)), ("amp", AMP_MODES),
-                   ("prompt-mode", PROMPT_MODES), ("lesion-unit", ("component", "label")),
-                   ("modality", ("auto", "CT", "MR")))
+        choices = (("mode", MODES), ("loss", LOSSES), ("click-mode", CLICK_MODES),
+                   ("gate-mode", GATE_MODES), ("amp", AMP_MODES), ("prompt-mode", PROMPT_MODES),
+                   ("lesion-unit", LESION_UNITS), ("modality", MODALITIES))
         for flag, allowed in choices:
             value = getattr(self, flag.replace("-", "_"))
-            if value not in allowed:
-                raise bad(flag, f"one of {[a for a in allowed if a is not None]}", value)
+            if value is not None or flag not in ("loss", "gate-mode"):  # those two: None = keep
+                look_up_option(value, allowed, f"--{flag}")
         positive_ints = ("batch_size", "accum", "val_clicks", "val_max_lesions", "log_every")
         for name in positive_ints:
             value = getattr(self, name)

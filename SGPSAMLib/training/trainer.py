@@ -47,7 +47,6 @@ from torch import nn
 
 from .. import __version__
 from ..build import (
-    PRESETS,
     check_config_buildable,
     check_config_fits,
     config_from_checkpoint,
@@ -55,14 +54,15 @@ from ..build import (
     safe_torch_load,
     save_checkpoint,
 )
+from ..cases import CaseFiles, LoadedCase, find_cases, load_case, split_cases
 from ..config import ModelConfig
 from ..errors import CheckpointError, SGPSAMError
 from ..io import atomic_write
 from ..losses import make_loss
 from ..modeling import SGPSAMModel
+from ..presets import preset_config
 from ..runfiles import FolderLock, remove_stale_temporaries
 from .config import RESUME_OVERRIDABLE, TrainConfig
-from .data import CaseFiles, LoadedCase, find_cases, load_case, split_cases
 from .interaction import InteractiveLoss
 from .runtime import (
     any_rank,
@@ -173,9 +173,7 @@ def build_initial_model(config: TrainConfig) -> SGPSAMModel:
 
 
 def _preset(name: str) -> ModelConfig:
-    if name not in PRESETS:
-        raise SGPSAMError(f"--preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
+    return preset_config(name, "--preset", error=SGPSAMError)
 
 
 def trainable_parameter_names(model: nn.Module, mode: str) -> list[str]:

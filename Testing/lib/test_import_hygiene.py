@@ -61,3 +61,26 @@ def test_no_source_file_imports_slicer_modules() -> None:
             offenders += [f"{path.relative_to(REPO_ROOT)}:{node.lineno} {n}"
                           for n in names if _forbidden(n)]
     assert offenders == []
+
+
+_LAYERS = """
+import json, sys
+import SGPSAMLib.boxes, SGPSAMLib.job, SGPSAMLib.options, SGPSAMLib.presets
+light = sorted(n for n in ("torch", "numpy", "SimpleITK", "monai") if n in sys.modules)
+import SGPSAMLib.cases, SGPSAMLib.evaluation
+training = sorted(n for n in sys.modules if n.startswith(("SGPSAMLib.training", "monai")))
+print(json.dumps({"light": light, "training": training}))
+"""
+
+
+def test_vocabulary_boxes_job_and_presets_are_light_and_evaluation_needs_no_training() -> None:
+    """The modules the parser and the Slicer module import first pull in no torch, numpy or
+    SimpleITK; the case reader shared by evaluation and training imports neither training nor
+    MONAI (evaluation used to import training.data, and with it the trainer)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    result = subprocess.run([sys.executable, "-c", _LAYERS], capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"light": [], "training": []}

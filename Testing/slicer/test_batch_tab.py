@@ -14,6 +14,7 @@ from SGPSAMSlicerLib.child_job import JobState
 
 from SGPSAMLib.cli import batch as cli_batch
 from SGPSAMLib.errors import SGPSAMError, VolumeIOError
+from SGPSAMLib.options import OUTPUT_FORMATS as LIBRARY_FORMATS
 
 PYTHON = "/opt/Slicer/bin/PythonSlicer"
 
@@ -61,7 +62,7 @@ def test_argv_is_accepted_by_the_batch_command(form: BatchParams, tmp_path: Path
     assert (args.seeds, args.format, args.device, args.recursive, args.overwrite,
             args.csv_space, args.modality) == (str((tmp_path / "seeds.csv").resolve()),
                                                "nii.gz", "cuda:1", True, True, "LPS", "MR")
-    assert set(OUTPUT_FORMATS) == set(cli_batch._FORMATS)
+    assert set(OUTPUT_FORMATS) == set(LIBRARY_FORMATS)  # sgpsam batch --format's choices
 
 
 def test_validation_names_the_field(form: BatchParams, tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_default_runner_waits_long_enough_for_a_step() -> None:
 
 
 def test_presets_match_the_library() -> None:
-    tree = ast.parse((REPO / "SGPSAMLib" / "build.py").read_text(encoding="utf-8"))
+    tree = ast.parse((REPO / "SGPSAMLib" / "presets.py").read_text(encoding="utf-8"))
     keys = next(node.value.keys for node in ast.walk(tree)
                 if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "PRESETS")
     assert sorted(k.value for k in keys) == sorted(PRESETS)
