@@ -86,6 +86,7 @@ from .boxes import bbox_union
 from .errors import CheckpointError, PromptError, SGPSAMError, VolumeIOError
 from .geometry import Volume
 from .io import read_volume, write_labelmap
+from .job import StopFlag, is_stopped
 from .options import COORDINATE_SPACES, IMAGE_SUFFIXES, OUTPUT_FORMATS, look_up_option
 from .result_checks import background_level, background_point_warning
 from .runfiles import fingerprint, remove_stale_temporaries, sha256_file
@@ -107,7 +108,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 ProgressFn = Callable[[dict], None]
-StopFn = Callable[[], bool]
 
 STATUSES = ("ok", "skipped", "no_seeds", "failed")
 SUMMARY_COLUMNS = ("case", "image", "output", "lesions", "voxels", "volume_ml", "seconds",
@@ -491,10 +491,10 @@ class _Runner:
     """State of one run: the model (loaded once), seeds, journal, results."""
 
     def __init__(self, config: BatchConfig, progress: ProgressFn | None,
-                 stop: StopFn | None) -> None:
+                 stop: StopFlag) -> None:
         self.config = config
         self.progress = progress
-        self.stop = stop or (lambda: False)
+        self.stop = stop
         self._model = None
         self.model_spec = _resolve_model_spec(config.model)
         self.model_id = _model_id(self.model_spec)
@@ -511,7 +511,7 @@ class _Runner:
 
     def stopping(self) -> bool:
         try:
-            return bool(self.stop())
+            return is_stopped(self.stop)
         except Exception as exc:
             raise _CallbackError(exc) from exc
 
@@ -814,7 +814,7 @@ class _Runner:
 
 
 def run_batch(config: BatchConfig, progress: ProgressFn | None = None,
-              stop: StopFn | None = None) -> BatchSummary:
+              stop: StopFlag = None) -> BatchSummary:
     """Segment every case of ``config.input`` (or of its shard); see the module docstring.
 
     Args:

@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from .click_robot import (
 )
 from .errors import SGPSAMError
 from .geometry import Volume
-from .job import json_safe  # noqa: F401 - re-exported: evaluation.json_safe stays valid
+from .job import StopFlag, is_stopped, json_safe  # json_safe: also evaluation.json_safe
 from .options import LESION_UNITS, look_up_option
 
 __all__ = [
@@ -76,7 +75,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 ProgressFn = Callable[[dict], None]
-StopFlag = Union[Callable[[], bool], threading.Event, None]
 
 #: Default NSD tolerance (mm).
 NSD_TOLERANCE_MM = 2.0
@@ -309,14 +307,6 @@ def _csv_value(value: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 # The driver.
 
-def _stopped(stop: StopFlag) -> bool:
-    if stop is None:
-        return False
-    if isinstance(stop, threading.Event):
-        return stop.is_set()
-    return bool(stop())
-
-
 def _load_model(model_or_path: Any, device: Any) -> tuple[Any, dict[str, Any]]:
     """A model object as given, or loaded from a checkpoint path / known model name."""
     if hasattr(model_or_path, "encode") and hasattr(model_or_path, "decode"):
@@ -412,7 +402,7 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
     stopped = False
     lesions_done = 0
     for case_index, files in enumerate(cases):
-        if _stopped(stop):
+        if is_stopped(stop):
             stopped = True
             break
         case_start = time.perf_counter()
@@ -431,7 +421,7 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
             lesion_map = loaded.lesion_volume.array
             targets = lesion_map > 0
             for lesion in loaded.lesions:
-                if _stopped(stop):
+                if is_stopped(stop):
                     stopped = True
                     break
                 lesion_start = time.perf_counter()

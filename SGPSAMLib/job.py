@@ -1,11 +1,21 @@
 """The job protocol of long commands: how they report progress and how they are stopped.
 
 One place for what ``sgpsam batch``, ``evaluate`` and ``train`` (and the Slicer tabs that run
-them as child processes) share:
+them as child processes) share; :func:`SGPSAMLib.batch.run_batch`,
+:func:`SGPSAMLib.evaluation.evaluate` and :func:`SGPSAMLib.training.train` take the same
+``progress`` callback and ``stop`` flag:
 
-- **Records.** A long job reports dicts with an ``"event"`` key (``start``, ``progress``,
-  ``case``, ``checkpoint``, ``done``, ``error``). :func:`print_record` writes one as a JSON line
-  on stdout (``--json-progress``); :func:`json_safe` makes any record strict JSON first.
+- **Records.** A long job reports dicts with an ``"event"`` key (:data:`EVENTS`: ``start``,
+  ``progress``, ``case``, ``checkpoint``, ``done``, ``error``). :func:`print_record` writes one
+  as a JSON line on stdout (``--json-progress``); :func:`json_safe` makes any record strict
+  JSON first; :func:`error_record` is the ``error`` record of an exception;
+  :func:`parse_record` reads a line back (what the Slicer tabs do with a child's stdout).
+- **Stop requests.** A ``stop`` flag (:data:`StopFlag`: an Event, a callable or None) is
+  polled at safe points with :func:`is_stopped`. ``--stop-file PATH``
+  (:func:`add_stop_file_option`, :func:`stop_file_flag`) is the request a parent can make on
+  every platform: on Windows there is no SIGTERM, and a child started through Slicer's
+  ``PythonSlicer`` launcher receives no signal; creating a file works everywhere.
+  :func:`stop_requests` joins the signals and the stop file into one flag for a command.
 - **Progress for people.** :class:`ProgressLines` shows a tqdm bar when stderr is a terminal
   and plain, throttled lines otherwise, so captured logs (cluster jobs, CI, Slicer) hold
   readable text instead of carriage-return bars.
@@ -19,20 +29,29 @@ Stdlib only: importing it costs nothing and pulls in neither torch nor numpy.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import math
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TextIO, Union
 
-__all__ = ["StopFlag", "is_stopped", "json_safe", "print_record", "Interrupted",
-           "StopOnSignals", "AbortOnSignals", "ProgressLines"]
+__all__ = ["EVENTS", "StopFlag", "is_stopped", "json_safe", "print_record", "error_record",
+           "parse_record", "report_errors", "Interrupted", "StopOnSignals", "AbortOnSignals",
+           "stop_requests", "add_stop_file_option", "stop_file_flag", "STOP_FILE_OPTION",
+           "ProgressLines"]
 
+#: The record kinds of the protocol (a record is a dict with one of them under ``"event"``).
+EVENTS = ("start", "progress", "case", "checkpoint", "done", "error")
 #: A stop request: an Event, a callable returning True to stop, or None (never stop).
 StopFlag = Union[threading.Event, Callable[[], bool], None]
+#: The command-line option of the stop file (also what the Slicer tabs pass).
+STOP_FILE_OPTION = "--stop-file"
 
 _SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
@@ -66,6 +85,64 @@ def print_record(record: dict, stream: TextIO | None = None) -> None:
     out.flush()
 
 
+def error_record(exc: BaseException) -> dict:
+    """The ``error`` record of an exception: its message on one line."""
+    return {"event": "error", "message": " ".join(str(exc).split())}
+
+
+def parse_record(line: str) -> dict | None:
+    """A record from one line of a child's stdout, or None for any other line (log text,
+    broken JSON, JSON without a string ``"event"``)."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+        return None
+    return record
+
+
+@contextlib.contextmanager
+def report_errors(enabled: bool, stream: TextIO | None = None) -> Iterator[None]:
+    """With ``--json-progress``: an input error (SGPSAMError, OSError) also becomes an
+    ``error`` record before it propagates (to the one-line message and exit code 2)."""
+    from .errors import SGPSAMError
+
+    try:
+        yield
+    except (SGPSAMError, OSError) as exc:
+        if enabled:
+            print_record(error_record(exc), stream)
+        raise
+
+
+def add_stop_file_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--stop-file PATH`` to a sub-command's parser."""
+    parser.add_argument(
+        STOP_FILE_OPTION, metavar="PATH",
+        help="stop cleanly, as after SIGTERM, once this file exists (for parent processes "
+             "that cannot send signals, e.g. on Windows)")
+
+
+def stop_file_flag(path: str | None, also: Callable[[], bool] | None = None
+                   ) -> Callable[[], bool] | None:
+    """A stop callable: True once ``path`` exists or ``also()`` is True.
+
+    Returns ``also`` unchanged when no path is given.
+    """
+    if not path:
+        return also
+    stop_path = Path(path)
+
+    def requested() -> bool:
+        return bool(also is not None and also()) or stop_path.exists()
+
+    return requested
+
+
 class Interrupted(KeyboardInterrupt):
     """Raised in the main thread by a signal that aborts the command; exit code 128 + signal."""
 
@@ -79,11 +156,14 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _Handlers:
-    """Install handlers for SIGINT/SIGTERM in the main thread; restore the previous ones."""
+    """Install handlers for SIGINT/SIGTERM (or ``signals``) in the main thread; restore the
+    previous ones."""
 
     signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] | None = None) -> None:
+        if signals is not None:
+            self.signals = tuple(signals)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self):
@@ -109,12 +189,14 @@ class StopOnSignals(_Handlers):
         event: the stop flag the job polls (a new Event when None; see ``.event``).
         notify: called once with a sentence for the user when the first signal arrives.
         what: what the job finishes before stopping, for that sentence.
+        signals: the signals handled (default SIGINT and SIGTERM).
     """
 
     def __init__(self, event: threading.Event | None = None,
                  notify: Callable[[str], None] | None = None,
-                 what: str = "the current step") -> None:
-        super().__init__()
+                 what: str = "the current step", signals: tuple[int, ...] | None = None
+                 ) -> None:
+        super().__init__(signals)
         self.event = event if event is not None else threading.Event()
         self.notify = notify
         self.what = what
@@ -135,6 +217,15 @@ class AbortOnSignals(_Handlers):
 
     def _handle(self, signum: int, frame: object) -> None:
         raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_requests(stop_file: str | None, notify: Callable[[str], None] | None,
+                  what: str) -> Iterator[Callable[[], bool]]:
+    """The stop flag of a long command: Ctrl-C / SIGTERM (:class:`StopOnSignals`) or the
+    ``--stop-file`` appearing, whichever comes first."""
+    with StopOnSignals(notify=notify, what=what) as signals:
+        yield stop_file_flag(stop_file, signals.event.is_set) or signals.event.is_set
 
 
 class ProgressLines:

@@ -3,7 +3,8 @@
 Long jobs run as ``python -m SGPSAMLib <command> ... --json-progress --stop-file PATH`` in a
 child process (:mod:`.processes`), so that a crash, a CUDA error or an out-of-memory kill cannot
 take Slicer down. The child prints one JSON object per stdout line (``"event"``: start,
-progress, case, checkpoint, done, error); a stop request (the stop file) makes it finish or
+progress, case, checkpoint, done, error), the protocol of :mod:`SGPSAMLib.job`, whose
+``parse_record`` reads each line back here; a stop request (the stop file) makes it finish or
 skip its current unit, write what it must and report ``"done"`` with ``"stopped": true``.
 
 ``ChildJob`` parses the lines and keeps the state (``JobState``), the progress fraction, the
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import json
 import logging
 import math
 import shutil
@@ -25,6 +25,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
+
+from SGPSAMLib.job import STOP_FILE_OPTION, parse_record
 
 from .processes import ProcessHandle, ProcessRunner, SubprocessRunner
 
@@ -41,7 +43,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The option of ``sgpsam batch`` / ``sgpsam train`` that names the stop file.
-STOP_FILE_OPTION = "--stop-file"
 # Lines shown in an error message.
 ERROR_TAIL_LINES = 12
 
@@ -257,7 +258,7 @@ class ChildJob:
             return []
         records: list[dict] = []
         for line in self.handle.poll_lines():
-            record = self._parse(line)
+            record = parse_record(line)
             if record is None:
                 self._log(line)
                 continue
@@ -269,19 +270,6 @@ class ChildJob:
         if code is not None:
             self._finish(code)
         return records
-
-    @staticmethod
-    def _parse(line: str) -> dict | None:
-        text = line.strip()
-        if not text.startswith("{"):
-            return None
-        try:
-            record = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(record, dict) or not isinstance(record.get("event"), str):
-            return None
-        return record
 
     def _log(self, line: str) -> None:
         self.log.append(line)

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SGPSAMError
-from ..job import ProgressLines, StopOnSignals, print_record
+from ..job import ProgressLines, add_stop_file_option, print_record, report_errors, stop_requests
 from ..options import COORDINATE_SPACES, MODALITIES, OUTPUT_FORMATS, PROMPT_MODES
-from ..stopfile import add_stop_file_option, stop_file_flag
-from .common import EXIT_FAILED, EXIT_OK
+from .common import EXIT_FAILED, EXIT_OK, note
 
 __all__ = ["register"]
 
@@ -110,10 +109,6 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=_batch)
 
 
-def _print_json(record: dict) -> None:
-    print_record(record)
-
-
 class _CaseLines:
     """Text-mode progress over cases on stderr (see :class:`SGPSAMLib.job.ProgressLines`):
     one line per failed, seedless or warned case, and the progress."""
@@ -177,16 +172,12 @@ def _batch(args: argparse.Namespace) -> int:
         prompt_mode=args.prompt_mode, max_windows=args.max_windows,
         extend_at_border=args.max_windows > 1)
     lines = None if args.json_progress else _CaseLines()
-    progress = _print_json if args.json_progress else lines
+    progress = print_record if args.json_progress else lines
     what = "the current lesion (the case is abandoned; nothing partial is written)"
     try:
-        with StopOnSignals(notify=lines.write if lines else _note, what=what) as signals:
-            stop = stop_file_flag(args.stop_file, signals.event.is_set)
+        with report_errors(args.json_progress), \
+                stop_requests(args.stop_file, lines.write if lines else note, what) as stop:
             summary = run_batch(config, progress=progress, stop=stop)
-    except (SGPSAMError, OSError) as exc:
-        if args.json_progress:
-            _print_json({"event": "error", "message": " ".join(str(exc).split())})
-        raise
     finally:
         if lines is not None:
             lines.close()
@@ -203,7 +194,3 @@ def _batch(args: argparse.Namespace) -> int:
               + (f", {warned} with warnings" if warned else "")
               + f"; summary: {summary.summary_csv}")
     return exit_status(summary.counts)
-
-
-def _note(text: str) -> None:
-    print(f"sgpsam: {text}", file=sys.stderr, flush=True)

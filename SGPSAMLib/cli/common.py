@@ -13,7 +13,7 @@ import sys
 from typing import NoReturn
 
 __all__ = ["PROG", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "Parser",
-           "one_line", "warn", "format_mm", "quiet_itk"]
+           "one_line", "warn", "note", "format_mm", "quiet_itk"]
 
 PROG = "sgpsam"
 #: Everything asked for was done (or was already done: resumed runs).
@@ -43,6 +43,11 @@ def one_line(exc: BaseException) -> str:
 def warn(text: str) -> None:
     """``sgpsam: warning: <text>`` on stderr: the result is written but needs a look."""
     print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+
+def note(text: str) -> None:
+    """``sgpsam: <text>`` on stderr, at once: what a long command does about a signal."""
+    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
 def format_mm(value: float) -> str:

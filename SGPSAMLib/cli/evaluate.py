@@ -5,20 +5,26 @@ JSON object (``start``, ``progress`` after each lesion, ``case`` per finished ca
 with the summary, ``error``); otherwise progress goes to stderr (a bar on a terminal, plain
 lines in a log). Ctrl-C or SIGTERM stops after the current lesion: the unfinished case is
 dropped, the outputs are written for the finished cases, ``done`` says ``"stopped": true``,
-exit code 0; a second Ctrl-C aborts at once.
+exit code 0; a second Ctrl-C aborts at once. Creating the ``--stop-file`` stops it the same way.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import SGPSAMError
-from ..job import ProgressLines, StopOnSignals, json_safe, print_record
+from ..job import (
+    ProgressLines,
+    add_stop_file_option,
+    json_safe,
+    print_record,
+    report_errors,
+    stop_requests,
+)
 from ..options import LESION_UNITS, MODALITIES, PROMPT_MODES
-from .common import one_line, warn
+from .common import note, one_line, warn
 
 __all__ = ["register"]
 
@@ -76,6 +82,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
              "1 = never extend)")
     add("--json-progress", action="store_true",
         help="print one JSON record per line on stdout (start, progress, case, done, error)")
+    add_stop_file_option(parser)
     parser.set_defaults(handler=_evaluate)
 
 
@@ -87,10 +94,6 @@ def _labels(text: str | None) -> list[int] | None:
     except ValueError:
         raise SGPSAMError(f"--labels {text!r}: expected comma-separated integers, e.g. 1,2"
                           ) from None
-
-
-def _note(text: str) -> None:
-    print(f"sgpsam: {text}", file=sys.stderr, flush=True)
 
 
 class _CaseLines:
@@ -136,7 +139,7 @@ def _plot_target(args: argparse.Namespace, out_json: Path | None) -> Path | None
     if out_json is None:
         return None
     if not matplotlib_available():
-        _note(f"no Dice-per-click plot: matplotlib is not installed ({INSTALL_HINT})")
+        note(f"no Dice-per-click plot: matplotlib is not installed ({INSTALL_HINT})")
         return None
     return default_dice_plot_path(out_json)
 
@@ -168,18 +171,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     labels = _labels(args.labels)
     text_progress = None if args.json_progress else _CaseLines()
     try:
-        with StopOnSignals(notify=_note, what="the current lesion") as signals:
+        with report_errors(args.json_progress), \
+                stop_requests(args.stop_file, note, "the current lesion") as stop:
             result = evaluate(
                 args.model, args.data, clicks=args.clicks, device=args.device,
                 progress=print_record if args.json_progress else text_progress, labels=labels,
                 lesion_unit=args.lesion_unit, min_lesion_voxels=args.min_lesion_voxels,
                 modality=args.modality, prompt_mode=args.prompt_mode,
                 nsd_tolerance_mm=args.nsd_tolerance, max_cases=args.max_cases,
-                max_windows=args.max_windows, stop=signals.event)
-    except (SGPSAMError, OSError) as exc:
-        if args.json_progress:
-            print_record({"event": "error", "message": " ".join(str(exc).split())})
-        raise
+                max_windows=args.max_windows, stop=stop)
     finally:
         if text_progress is not None:
             text_progress.close()

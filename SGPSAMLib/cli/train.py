@@ -11,7 +11,7 @@ import shlex
 import sys
 from typing import Any
 
-from ..job import ProgressLines, StopOnSignals, print_record
+from ..job import ProgressLines, add_stop_file_option, print_record, report_errors, stop_requests
 from ..options import (
     AMP_MODES,
     CLICK_MODES,
@@ -22,13 +22,10 @@ from ..options import (
     PROMPT_MODES,
     TRAIN_MODES,
 )
-from ..stopfile import add_stop_file_option, stop_file_flag
+from .common import note
 
 __all__ = ["register"]
 
-
-def _note(text: str) -> None:
-    print(f"sgpsam: {text}", file=sys.stderr, flush=True)
 
 _EPILOG = """\
 modes:
@@ -185,22 +182,17 @@ def _printer(json_progress: bool):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..errors import SGPSAMError
     from ..training import TrainConfig, train
 
     emit, close = _printer(args.json_progress)
     try:
-        if args.init:
-            args.init = _resolve_init(args.init)
-        config = TrainConfig.from_args(args).replace(
-            command=shlex.join(["sgpsam", *sys.argv[1:]]) if sys.argv else "sgpsam train")
-        with StopOnSignals(notify=_note, what="the current step") as signals:
-            stop = stop_file_flag(args.stop_file, signals.event.is_set)
-            result = train(config, progress=emit, stop=stop)
-    except (SGPSAMError, OSError) as exc:
-        if args.json_progress:
-            print_record({"event": "error", "message": " ".join(str(exc).split())})
-        raise
+        with report_errors(args.json_progress):
+            if args.init:
+                args.init = _resolve_init(args.init)
+            config = TrainConfig.from_args(args).replace(
+                command=shlex.join(["sgpsam", *sys.argv[1:]]) if sys.argv else "sgpsam train")
+            with stop_requests(args.stop_file, note, "the current step") as stop:
+                result = train(config, progress=emit, stop=stop)
     finally:
         close()
     if args.json_progress:

@@ -1,24 +1,20 @@
 """The run's machinery apart from the recipe: data-parallel helpers, RNG state that survives a
-``weights_only`` checkpoint, the learning-rate schedule, strict-JSON records, stop flags."""
+``weights_only`` checkpoint, the learning-rate schedule. (Records and stop flags are the job
+protocol's, :mod:`SGPSAMLib.job`.)"""
 from __future__ import annotations
 
 import contextlib
 import math
 import os
 import random
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = ["DistInfo", "init_distributed", "any_rank", "barrier", "rng_state", "set_rng_state",
-           "lr_factor", "clean_record", "stop_requested", "StopFlag"]
-
-StopFlag = Union[Callable[[], bool], threading.Event, None]
-
+           "lr_factor"]
 
 
 @dataclass
@@ -104,21 +100,3 @@ def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
     progress = min(1.0, (step - warmup) / span)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-
-def clean_record(value: Any) -> Any:
-    """NaN/inf -> None so records are strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: clean_record(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_record(v) for v in value]
-    return value
-
-
-def stop_requested(stop: StopFlag) -> bool:
-    if stop is None:
-        return False
-    if isinstance(stop, threading.Event):
-        return stop.is_set()
-    return bool(stop())

@@ -34,12 +34,11 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,22 +57,14 @@ from ..cases import CaseFiles, LoadedCase, find_cases, load_case, split_cases
 from ..config import ModelConfig
 from ..errors import CheckpointError, SGPSAMError
 from ..io import atomic_write
+from ..job import StopFlag, StopOnSignals, is_stopped, json_safe
 from ..losses import make_loss
 from ..modeling import SGPSAMModel
 from ..presets import preset_config
 from ..runfiles import FolderLock, remove_stale_temporaries
 from .config import RESUME_OVERRIDABLE, TrainConfig
 from .interaction import InteractiveLoss
-from .runtime import (
-    any_rank,
-    barrier,
-    clean_record,
-    init_distributed,
-    lr_factor,
-    rng_state,
-    set_rng_state,
-    stop_requested,
-)
+from .runtime import any_rank, barrier, init_distributed, lr_factor, rng_state, set_rng_state
 from .sampling import CropDataset, SampleStream, sample_seed
 from .validation import validate, validation_targets
 
@@ -87,7 +78,6 @@ STATE_VERSION = 1
 _SGPM_KEY = ".sgpm."
 
 ProgressFn = Callable[[dict], None]
-StopFlag = Union[Callable[[], bool], threading.Event, None]
 
 
 @dataclass
@@ -189,13 +179,25 @@ def trainable_parameter_names(model: nn.Module, mode: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # The run.
 
+@dataclass
+class _Loop:
+    """Where the training loop stands (this process's session of the run)."""
+
+    step: int
+    saved_at: int
+    stopped: bool = False
+    steps: int = 0
+    seconds: float = 0.0
+    recent_loss: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+
+
 class _Run:
     def __init__(self, config: TrainConfig, progress: ProgressFn | None, stop: StopFlag) -> None:
         self.config = config
         self.progress_fn = progress
         self.stop = stop
         self.history: list[dict] = []
-        self.signalled = False
         self.out = Path(config.out)
         self.last_path = self.out / "last.pt"
         self.best_path = self.out / "best.pt"
@@ -205,7 +207,7 @@ class _Run:
     def emit(self, record: dict) -> None:
         if self.dist.rank != 0:
             return
-        record = clean_record(record)
+        record = json_safe(record)
         self.history.append(record)
         if self.progress_fn is not None:
             self.progress_fn(record)
@@ -372,7 +374,7 @@ class _Run:
             "step": step, "total_steps": self.total_steps,
             "epoch": round(self.stream.epoch_of(step * self.per_step), 4),
             "train_config": config.to_dict(), "data": self.data_summary,
-            "metrics": clean_record(dict(self.metrics)), "command": config.command,
+            "metrics": json_safe(dict(self.metrics)), "command": config.command,
             "library_version": __version__,
         }
 
@@ -391,7 +393,7 @@ class _Run:
             "model_config": self.model.config.to_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng_state(), "metrics": clean_record(dict(self.metrics)),
+            "rng": rng_state(), "metrics": json_safe(dict(self.metrics)),
             "best": {"value": self.best_value, "step": self.best_step},
             "history": self.history, "train_seconds": self.train_seconds,
         }
@@ -436,23 +438,36 @@ class _Run:
 
                 dist.destroy_process_group()
 
-    def _install_signal(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum, frame):  # noqa: ARG001 - signal API
-            self.signalled = True
-            log.warning("SIGTERM: stopping at the next step boundary")
-
-        previous = signal.signal(signal.SIGTERM, handler)
-        return lambda: signal.signal(signal.SIGTERM, previous)
+    def _on_sigterm(self, text: str) -> None:
+        log.warning("SIGTERM: stopping at the next step boundary")
 
     def _run(self, started: float) -> TrainResult:
+        """Set up (model, optimizer, schedule, state to resume, data), train, finish."""
+        resume = self._start_or_resume()
         config = self.config
-        dist_info = self.dist
-        if dist_info.rank == 0:
+        autocast, amp_dtype = self._autocast_factory()
+        model, params = self._model_and_optimizer(resume)
+        dataset, probe, item_weights = self._schedule(model, amp_dtype)
+        start_step = self._restore(resume)
+        wrapped = self._interaction(model, autocast)
+        loader = self._loader(dataset, start_step, item_weights)
+        targets = validation_targets(self.val_cases, config.val_max_lesions, config.seed)
+        self._emit_start(model, params, probe, start_step, targets, resume is not None)
+        # SIGTERM stops at the next step boundary for library callers too (a second one
+        # aborts), by the job protocol's rule; the CLI adds Ctrl-C and the stop file.
+        with StopOnSignals(notify=self._on_sigterm, signals=(signal.SIGTERM,)) as sigterm:
+            loop = self._loop(model, params, wrapped, loader, targets, autocast, start_step,
+                              resume is not None, stop=lambda: sigterm.event.is_set()
+                              or is_stopped(self.stop))
+        return self._finish(loop, started)
+
+    def _start_or_resume(self) -> dict | None:
+        """The stored state to resume (its config, with what a resume may change, becomes the
+        run's), the data and the device; None for a fresh run."""
+        config = self.config
+        if self.dist.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-        barrier(dist_info)
+        barrier(self.dist)
         resume = self._resume_state()
         if resume is not None:
             config = self.config = TrainConfig.from_dict(
@@ -462,8 +477,13 @@ class _Run:
             torch.set_num_threads(config.threads)
         self._load_data()
         self.device = self._device()
-        autocast, amp_dtype = self._autocast_factory()
+        return resume
 
+    def _model_and_optimizer(self, resume: dict | None
+                             ) -> tuple[SGPSAMModel, list[tuple[str, nn.Parameter]]]:
+        """The model (resumed, or the initial one) on the device, what the mode trains, and
+        AdamW over it (no weight decay on biases and norms)."""
+        config = self.config
         if resume is not None:
             model_config = config_from_checkpoint(resume["model_config"], self.state_path)
             check_config_fits(model_config, resume["model"], self.state_path)
@@ -486,9 +506,14 @@ class _Run:
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.999))
+        return model, params
 
-        click_iters = config.click_iters or (11 if self.device.type == "cuda" else 5)
-        self.click_iters = click_iters
+    def _schedule(self, model: SGPSAMModel, amp_dtype: torch.dtype | None
+                  ) -> tuple[CropDataset, SampleStream, Any]:
+        """The crop dataset, the run's length, warm-up + cosine schedule, the validation and
+        checkpoint cadence and the grad scaler -> (dataset, a probe stream, item weights)."""
+        config = self.config
+        self.click_iters = config.click_iters or (11 if self.device.type == "cuda" else 5)
         dataset = CropDataset(self.train_cases, size=model.config.image_size,
                               spacing_mm=model.config.crop_spacing_mm,
                               jitter_voxels=config.jitter_mm / model.config.crop_spacing_mm,
@@ -497,7 +522,7 @@ class _Run:
                               jitter_fraction=config.jitter_fraction)
         self.per_step = config.batch_size * config.accum
         item_weights = self._item_weights(dataset)
-        probe = SampleStream(len(dataset), config.seed, dist_info.world, dist_info.rank)
+        probe = SampleStream(len(dataset), config.seed, self.dist.world, self.dist.rank)
         if config.steps is not None:
             total = config.steps
         else:
@@ -506,181 +531,202 @@ class _Run:
                 else 1000
         self.total_steps = total
         warmup = config.warmup if config.warmup is not None else min(200, total // 20)
-        val_every = config.val_every or max(1, total // 10)
-        ckpt_every = config.checkpoint_every or val_every
+        self.val_every = config.val_every or max(1, total // 10)
+        self.ckpt_every = config.checkpoint_every or self.val_every
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, total, config.min_lr_ratio))
         self.scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
+        return dataset, probe, item_weights
 
+    def _restore(self, resume: dict | None) -> int:
+        """Metrics, best checkpoint, optimizer, schedule, scaler and RNG state of the stored
+        run (fresh values without one) -> the step to start at."""
         self.metrics: dict[str, Any] = {}
         self.best_value: float | None = None
         self.best_step: int | None = None
         self.train_seconds = 0.0
-        start_step = 0
-        if resume is not None:
-            self.optimizer.load_state_dict(resume["optimizer"])
-            self.scheduler.load_state_dict(resume["scheduler"])
-            if self.scaler is not None and resume.get("scaler"):
-                self.scaler.load_state_dict(resume["scaler"])
-            set_rng_state(resume["rng"])
-            start_step = int(resume["step"])
-            self.metrics = dict(resume.get("metrics") or {})
-            self.best_value = resume["best"]["value"]
-            self.best_step = resume["best"]["step"]
-            self.history = list(resume.get("history") or [])
-            self.train_seconds = float(resume.get("train_seconds", 0.0))
+        if resume is None:
+            return 0
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        if self.scaler is not None and resume.get("scaler"):
+            self.scaler.load_state_dict(resume["scaler"])
+        set_rng_state(resume["rng"])
+        self.metrics = dict(resume.get("metrics") or {})
+        self.best_value = resume["best"]["value"]
+        self.best_step = resume["best"]["step"]
+        self.history = list(resume.get("history") or [])
+        self.train_seconds = float(resume.get("train_seconds", 0.0))
+        return int(resume["step"])
 
-        loss_fn = make_loss(config.loss_name)
-        interaction = InteractiveLoss(model, loss_fn, click_iters, config.random_insert,
-                                      config.prompt_mode, autocast, rollout=config.rollout,
-                                      click_mode=config.click_mode,
+    def _interaction(self, model: SGPSAMModel, autocast) -> nn.Module:
+        """The simulated-click loss of a batch (DistributedDataParallel-wrapped on several
+        ranks)."""
+        config = self.config
+        interaction = InteractiveLoss(model, make_loss(config.loss_name), self.click_iters,
+                                      config.random_insert, config.prompt_mode, autocast,
+                                      rollout=config.rollout, click_mode=config.click_mode,
                                       coarse_weight=config.coarse_weight)
-        if dist_info.active:
-            from torch.nn.parallel import DistributedDataParallel
+        if not self.dist.active:
+            return interaction
+        from torch.nn.parallel import DistributedDataParallel
 
-            wrapped = DistributedDataParallel(
-                interaction, device_ids=[self.device.index] if self.device.type == "cuda"
-                else None, find_unused_parameters=True)
-        else:
-            wrapped = interaction
+        return DistributedDataParallel(
+            interaction, device_ids=[self.device.index] if self.device.type == "cuda"
+            else None, find_unused_parameters=True)
 
-        self.stream = SampleStream(len(dataset), config.seed, dist_info.world, dist_info.rank,
+    def _loader(self, dataset: CropDataset, start_step: int, item_weights: Any
+                ) -> torch.utils.data.DataLoader:
+        """Batches of the position-seeded sample stream from ``start_step`` on."""
+        config = self.config
+        self.stream = SampleStream(len(dataset), config.seed, self.dist.world, self.dist.rank,
                                    start=start_step * self.per_step,
-                                   count=max(0, total - start_step) * self.per_step,
+                                   count=max(0, self.total_steps - start_step) * self.per_step,
                                    weights=item_weights)
         workers = config.num_workers
         if workers is None:
             workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if self.device.type == "cuda" \
                 else 0
-        loader = torch.utils.data.DataLoader(
+        return torch.utils.data.DataLoader(
             dataset, batch_size=config.batch_size, sampler=self.stream, num_workers=workers,
             pin_memory=self.device.type == "cuda", drop_last=False)
-        targets = validation_targets(self.val_cases, config.val_max_lesions, config.seed)
 
+    def _emit_start(self, model: SGPSAMModel, params: list, probe: SampleStream,
+                    start_step: int, targets: list, resumed: bool) -> None:
+        config, total = self.config, self.total_steps
         self.emit({
             "event": "start", "total_steps": total, "start_step": start_step,
             "steps_per_epoch": round(probe.per_rank / self.per_step, 4),
             "mode": config.mode, "loss": config.loss_name, "preset": model.config.preset,
             "gate_mode": model.config.gate_mode, "init": config.init,
-            "device": str(self.device), "world_size": dist_info.world,
-            "batch_size": config.batch_size, "accum": config.accum, "click_iters": click_iters,
+            "device": str(self.device), "world_size": self.dist.world,
+            "batch_size": config.batch_size, "accum": config.accum,
+            "click_iters": self.click_iters,
             "train_cases": len(self.train_cases), "val_cases": len(self.data_summary["val_cases"]),
             "train_lesions": self.data_summary["train_lesions"],
             "val_lesions": len(targets), "trainable_parameters": int(
                 sum(p.numel() for _, p in params)),
             "parameters": int(sum(p.numel() for p in model.parameters())),
-            "out": str(self.out), "resumed": resume is not None,
+            "out": str(self.out), "resumed": resumed,
         })
         log.info("training %s/%s: %d steps from %d, %d train lesions, device %s", config.mode,
                  config.loss_name, total, start_step, self.data_summary["train_lesions"],
                  self.device)
 
-        restore_signal = self._install_signal()
+    def _loop(self, model: SGPSAMModel, params: list, wrapped: nn.Module, loader, targets: list,
+              autocast, start_step: int, resumed: bool, stop: Callable[[], bool]) -> _Loop:
+        """Optimizer steps until the end or a stop: validation, progress records and periodic
+        checkpoints on their cadence."""
         model.train()
         model.reset_gate_statistics()
-        step = start_step
-        stopped = False
-        recent_loss: list[float] = []
-        step_times: list[float] = []
-        session_steps = 0
-        session_seconds = 0.0
-        saved_at = start_step if resume is not None else -1
-        if resume is not None and dist_info.rank == 0 and self._last_is_behind():
+        loop = _Loop(step=start_step, saved_at=start_step if resumed else -1)
+        if resumed and self.dist.rank == 0 and self._last_is_behind():
             self._save_model("last", start_step)  # killed between state.pt and last.pt
         batches = iter(loader)
-        try:
-            while step < total:
-                if any_rank(self.signalled or stop_requested(self.stop), dist_info,
-                             self.device):
-                    stopped = True
-                    break
-                tick = time.perf_counter()
-                self.optimizer.zero_grad(set_to_none=True)
-                micro_losses = []
-                for micro in range(config.accum):
-                    batch = next(batches)
-                    micro_index = step * config.accum + micro
-                    seed = sample_seed(config.seed, 4, dist_info.rank, micro_index)
-                    torch.manual_seed(seed)
-                    image = batch["image"].to(self.device, non_blocking=True)
-                    label = batch["label"].to(self.device, non_blocking=True)
-                    point = batch["point"].to(self.device, non_blocking=True)
-                    sync = (contextlib.nullcontext() if not dist_info.active
-                            or micro == config.accum - 1 else wrapped.no_sync())
-                    with sync:
-                        total_loss, parts = wrapped(image, label, point, seed)
-                        scaled = total_loss / config.accum
-                        if self.scaler is not None:
-                            self.scaler.scale(scaled).backward()
-                        else:
-                            scaled.backward()
-                    micro_losses.append(float(parts.mean()))
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_([p for _, p in params], config.grad_clip)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
-                step += 1
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                elapsed = time.perf_counter() - tick
-                self.train_seconds += elapsed
-                session_seconds += elapsed
-                session_steps += 1
-                step_times.append(elapsed)
-                step_loss = float(np.mean(micro_losses))
-                recent_loss.append(step_loss)
-                self.metrics["loss"] = step_loss
+        while loop.step < self.total_steps:
+            if any_rank(stop(), self.dist, self.device):
+                loop.stopped = True
+                break
+            tick = time.perf_counter()
+            lr, step_loss = self._step(wrapped, params, batches, loop.step)
+            loop.step += 1
+            step = loop.step
+            elapsed = time.perf_counter() - tick
+            self.train_seconds += elapsed
+            loop.seconds += elapsed
+            loop.steps += 1
+            loop.step_times.append(elapsed)
+            loop.recent_loss.append(step_loss)
+            self.metrics["loss"] = step_loss
+            validated = False
+            if targets and (step % self.val_every == 0 or step == self.total_steps):
+                self._validate(targets, autocast, step)
+                validated = True
+            if step % self.config.log_every == 0 or step == self.total_steps or validated:
+                self._emit_progress(model, loop, lr, elapsed)
+            if validated:
+                self._plot()
+            if step % self.ckpt_every == 0 and step < self.total_steps:
+                self._checkpoint(step)
+                loop.saved_at = step
+        return loop
 
-                validated = False
-                if targets and (step % val_every == 0 or step == total):
-                    self._validate(targets, autocast, step)
-                    validated = True
-                if step % config.log_every == 0 or step == total or validated:
-                    mean_time = float(np.mean(step_times[-20:]))
-                    gates = model.gate_statistics()
-                    model.reset_gate_statistics()
-                    self.emit({
-                        "event": "progress", "step": step, "total_steps": total,
-                        "epoch": round(self.stream.epoch_of(step * self.per_step), 4),
-                        "loss": float(np.mean(recent_loss)), "lr": lr,
-                        "val_dice": self.metrics.get("val_dice"),
-                        "val_dice_clicks": self.metrics.get("val_dice_clicks"),
-                        "val_dice_small": self.metrics.get("val_dice_small"),
-                        "val_dice_large": self.metrics.get("val_dice_large"),
-                        "val_step": self.metrics.get("val_step"),
-                        "gate_rates": gates, "eta_s": round(mean_time * (total - step), 1),
-                        "step_s": round(elapsed, 4),
-                    })
-                    recent_loss = []
-                if validated:
-                    self._plot()
-                if step % ckpt_every == 0 and step < total:
-                    self._checkpoint(step)
-                    saved_at = step
-        finally:
-            restore_signal()
-        if saved_at != step or step == total:
+    def _step(self, wrapped: nn.Module, params: list, batches, step: int) -> tuple[float, float]:
+        """One optimizer step over ``accum`` micro-batches -> (its learning rate, mean loss)."""
+        config, dist_info = self.config, self.dist
+        self.optimizer.zero_grad(set_to_none=True)
+        micro_losses = []
+        for micro in range(config.accum):
+            batch = next(batches)
+            micro_index = step * config.accum + micro
+            seed = sample_seed(config.seed, 4, dist_info.rank, micro_index)
+            torch.manual_seed(seed)
+            image = batch["image"].to(self.device, non_blocking=True)
+            label = batch["label"].to(self.device, non_blocking=True)
+            point = batch["point"].to(self.device, non_blocking=True)
+            sync = (contextlib.nullcontext() if not dist_info.active
+                    or micro == config.accum - 1 else wrapped.no_sync())
+            with sync:
+                total_loss, parts = wrapped(image, label, point, seed)
+                scaled = total_loss / config.accum
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            micro_losses.append(float(parts.mean()))
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], config.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return lr, float(np.mean(micro_losses))
+
+    def _emit_progress(self, model: SGPSAMModel, loop: _Loop, lr: float, elapsed: float) -> None:
+        step, total = loop.step, self.total_steps
+        mean_time = float(np.mean(loop.step_times[-20:]))
+        gates = model.gate_statistics()
+        model.reset_gate_statistics()
+        self.emit({
+            "event": "progress", "step": step, "total_steps": total,
+            "epoch": round(self.stream.epoch_of(step * self.per_step), 4),
+            "loss": float(np.mean(loop.recent_loss)), "lr": lr,
+            "val_dice": self.metrics.get("val_dice"),
+            "val_dice_clicks": self.metrics.get("val_dice_clicks"),
+            "val_dice_small": self.metrics.get("val_dice_small"),
+            "val_dice_large": self.metrics.get("val_dice_large"),
+            "val_step": self.metrics.get("val_step"),
+            "gate_rates": gates, "eta_s": round(mean_time * (total - step), 1),
+            "step_s": round(elapsed, 4),
+        })
+        loop.recent_loss = []
+
+    def _finish(self, loop: _Loop, started: float) -> TrainResult:
+        """The last checkpoint (unless just written), the ``done`` record and the result."""
+        step, total = loop.step, self.total_steps
+        if loop.saved_at != step or step == total:
             self._checkpoint(step)
-        steps_per_s = session_steps / session_seconds if session_seconds > 0 else float("nan")
+        steps_per_s = loop.steps / loop.seconds if loop.seconds > 0 else float("nan")
         self.metrics.update({"best_val_dice": self.best_value, "best_step": self.best_step})
         seconds = time.perf_counter() - started
         best = self.best_path if self.best_path.exists() else None
         self.emit({
-            "event": "done", "stopped": stopped, "step": step, "total_steps": total,
+            "event": "done", "stopped": loop.stopped, "step": step, "total_steps": total,
             "last": str(self.last_path), "best": None if best is None else str(best),
             "state": str(self.state_path), "metrics": dict(self.metrics),
             "steps_per_s": steps_per_s, "samples_per_s": steps_per_s * self.per_step
-            * dist_info.world, "seconds": round(seconds, 3),
+            * self.dist.world, "seconds": round(seconds, 3),
         })
         return TrainResult(self.last_path, best, self.state_path, list(self.history),
-                           clean_record(dict(self.metrics)), step, stopped, steps_per_s, seconds)
+                           json_safe(dict(self.metrics)), step, loop.stopped, steps_per_s,
+                           seconds)
 
     def _plot(self) -> None:
         """Rewrite ``training_curve.png`` (loss and validation Dice per step) in ``out``.

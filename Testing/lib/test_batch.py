@@ -607,7 +607,7 @@ def test_cli_sigterm_stops_cleanly(tmp_path: Path, oracle_loader: list,
     for name in ("a", "b", "c"):
         _one_lesion_case(folder, name)
     printed = []
-    original = cli_batch._print_json
+    original = cli_batch.print_record
 
     def print_and_terminate(record: dict) -> None:
         original(record)
@@ -615,7 +615,7 @@ def test_cli_sigterm_stops_cleanly(tmp_path: Path, oracle_loader: list,
         if record["event"] == "case" and len([r for r in printed if r["event"] == "case"]) == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # what Slicer's Stop button sends
 
-    monkeypatch.setattr(cli_batch, "_print_json", print_and_terminate)
+    monkeypatch.setattr(cli_batch, "print_record", print_and_terminate)
     before = signal.getsignal(signal.SIGTERM)
     code = main(["batch", str(folder), "--model", str(_checkpoint_file(tmp_path)), "--out",
                  str(tmp_path / "out"), "--device", "cpu", "--json-progress"])
@@ -637,14 +637,14 @@ def test_cli_stop_file_stops_like_sigterm(tmp_path: Path, oracle_loader: list,
     for name in ("a", "b", "c"):
         _one_lesion_case(folder, name)
     stop_file = tmp_path / "stop"
-    original = cli_batch._print_json
+    original = cli_batch.print_record
 
     def print_and_request_stop(record: dict) -> None:
         original(record)
         if record["event"] == "case":
             stop_file.touch()
 
-    monkeypatch.setattr(cli_batch, "_print_json", print_and_request_stop)
+    monkeypatch.setattr(cli_batch, "print_record", print_and_request_stop)
     code = main(["batch", str(folder), "--model", str(_checkpoint_file(tmp_path)), "--out",
                  str(tmp_path / "out"), "--device", "cpu", "--json-progress",
                  "--stop-file", str(stop_file)])

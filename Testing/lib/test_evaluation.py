@@ -405,6 +405,12 @@ def test_cli_evaluate(dataset, tmp_path, capsys, monkeypatch):
                  "--device", "cpu", "--max-cases", "1"])
     captured = capsys.readouterr()
     assert code == 0 and "Dice per click" in captured.out and "lesions < 1 mL" in captured.out
+    stop_file = tmp_path / "stop"
+    stop_file.touch()  # evaluate takes the same --stop-file as batch and train
+    code = main(["evaluate", "--model", "oracle", "--data", str(dataset), "--clicks", "1",
+                 "--device", "cpu", "--stop-file", str(stop_file), "--json-progress"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and records[-1]["stopped"] is True and records[-1]["cases"] == 0
     assert main(["evaluate", "--model", "m", "--data", str(dataset), "--labels", "x"]) == 2
     assert "--labels 'x'" in capsys.readouterr().err
     assert main(["evaluate", "--model", "m", "--data", str(tmp_path / "none")]) == 2

@@ -241,7 +241,7 @@ def test_segment_warns_about_an_empty_mask_and_a_click_on_air(tmp_path, loads, c
 def _signal_after_first_case(monkeypatch, signum: int, times: int = 1) -> None:
     from SGPSAMLib.cli import batch as cli_batch
 
-    original = cli_batch._print_json
+    original = cli_batch.print_record
     seen = []
 
     def print_and_signal(record: dict) -> None:
@@ -251,7 +251,7 @@ def _signal_after_first_case(monkeypatch, signum: int, times: int = 1) -> None:
             for _ in range(times):
                 os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(cli_batch, "_print_json", print_and_signal)
+    monkeypatch.setattr(cli_batch, "print_record", print_and_signal)
 
 
 def test_ctrl_c_stops_a_batch_cleanly(tmp_path, loads, capsys, monkeypatch) -> None:

@@ -18,14 +18,20 @@ import SimpleITK as sitk
 
 import SGPSAMLib
 from SGPSAMLib.cli import main
+from SGPSAMLib.errors import SGPSAMError
 from SGPSAMLib.job import (
+    EVENTS,
     AbortOnSignals,
     Interrupted,
     ProgressLines,
     StopOnSignals,
+    error_record,
     is_stopped,
     json_safe,
+    parse_record,
     print_record,
+    report_errors,
+    stop_requests,
 )
 
 ROOT = Path(SGPSAMLib.__file__).resolve().parent.parent
@@ -41,6 +47,43 @@ def test_json_safe_and_print_record() -> None:
     print_record({"event": "done", "x": float("nan"), "n": np.int64(2)}, out)
     assert json.loads(out.getvalue()) == {"event": "done", "x": None, "n": 2}
     assert out.getvalue().count("\n") == 1 and "NaN" not in out.getvalue()
+
+
+def test_records_are_read_back_as_written_and_other_lines_are_not_records() -> None:
+    out = io.StringIO()
+    for event in EVENTS:
+        print_record({"event": event, "x": float("nan")}, out)
+    lines = out.getvalue().splitlines()
+    assert [parse_record(line) for line in lines] == [{"event": e, "x": None} for e in EVENTS]
+    for line in ("", "loading model ...", "{not json", "[1, 2]", '{"event": 3}', '{"x": 1}'):
+        assert parse_record(line) is None
+    assert error_record(SGPSAMError("a:\n  b")) == {"event": "error", "message": "a: b"}
+
+
+def test_report_errors_adds_an_error_record_only_with_json_progress() -> None:
+    for enabled in (True, False):
+        out = io.StringIO()
+        with pytest.raises(SGPSAMError), report_errors(enabled, out):
+            raise SGPSAMError("--data x: not a folder")
+        assert out.getvalue() == ('{"event": "error", "message": "--data x: not a folder"}\n'
+                                  if enabled else "")
+    out = io.StringIO()
+    with pytest.raises(KeyError), report_errors(True, out):  # a bug, not an input error
+        raise KeyError("x")
+    assert out.getvalue() == ""
+
+
+def test_stop_requests_joins_the_signals_and_the_stop_file(tmp_path: Path) -> None:
+    path = tmp_path / "stop"
+    with stop_requests(str(path), None, "the current step") as stop:
+        assert stop() is False
+        path.touch()
+        assert stop() is True
+    path.unlink()
+    with stop_requests(None, None, "the current step") as stop:
+        assert stop() is False
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop() is True
 
 
 def test_is_stopped_accepts_events_callables_and_none() -> None:

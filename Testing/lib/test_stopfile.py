@@ -1,10 +1,11 @@
-"""``--stop-file``: the platform-independent stop request of ``batch`` and ``train``."""
+"""``--stop-file`` (job.py): the platform-independent stop request of ``batch``, ``evaluate``
+and ``train``."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from SGPSAMLib.stopfile import add_stop_file_option, stop_file_flag
+from SGPSAMLib.job import add_stop_file_option, stop_file_flag
 
 
 def test_flag_is_true_once_the_file_exists_or_the_other_flag_is(tmp_path: Path) -> None:
