@@ -221,3 +221,24 @@ def test_loss_decreases_on_a_trivial_case(data, tmp_path):
     assert thirds[0] > thirds[1] > thirds[2]
     assert np.mean(losses[-4:]) < 0.9 * np.mean(losses[:4])
     assert result.best is None
+
+
+def test_sigterm_stops_the_library_run_and_a_second_one_aborts(data, tmp_path):
+    """train() without the CLI: one SIGTERM stops after the step and saves; two abort at once
+    (job.StopOnSignals' rule), and the previous handler is back either way."""
+    from SGPSAMLib.job import Interrupted
+
+    def signal_at_step_1(times):
+        def progress(record):
+            if record.get("event") == "progress" and record["step"] == 1:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGTERM)
+        return progress
+
+    result = train(_config(data, tmp_path / "one", steps=4), progress=signal_at_step_1(1))
+    assert result.stopped and result.steps == 1 and result.last.exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(Interrupted) as caught:
+        train(_config(data, tmp_path / "two", steps=4), progress=signal_at_step_1(2))
+    assert caught.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
