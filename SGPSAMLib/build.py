@@ -44,6 +44,7 @@ from .presets import PRESETS, preset_config
 
 __all__ = ["PRESETS", "build_model", "load_model", "save_checkpoint", "describe_checkpoint",
            "read_checkpoint", "safe_torch_load", "check_config_fits", "check_config_buildable",
+           "check_state_dict",
            "config_from_checkpoint",
            "max_model_parameters", "CHECKPOINT_FORMAT", "MAX_PARAMETERS_ENV",
            "DEFAULT_MAX_PARAMETERS"]
@@ -241,32 +242,44 @@ def check_config_fits(config: ModelConfig, state: dict[str, torch.Tensor], path:
         CheckpointError: too large a config, one the model cannot build, or missing /
             unexpected / mis-shaped keys (all listed).
     """
-    path = Path(path)
     if expected is None:
         expected = check_config_buildable(config, path, len(state))
+    check_state_dict(expected, state, path, config.preset, allow_missing_sgpm=allow_missing_sgpm)
+
+
+def check_state_dict(expected: dict[str, torch.Size], state: dict[str, torch.Tensor],
+                     where: PathLike | str, preset: str, allow_missing_sgpm: bool = False,
+                     hint: str = "") -> None:
+    """The one key contract of a checkpoint: ``state`` has exactly ``expected``'s keys and
+    shapes (the SGPM's may be missing when ``allow_missing_sgpm``: official weights leave them
+    at their identity initialisation). Used by :func:`load_model`, ``train --init`` and a
+    resumed training state.
+
+    Raises:
+        CheckpointError: "WHERE: checkpoint does not match the 'PRESET' architecture" with the
+            missing, unexpected and mis-shaped keys listed (the first 12 of each) and ``hint``.
+    """
     missing = [k for k in expected if k not in state]
     if allow_missing_sgpm:
         missing = [k for k in missing if _SGPM_KEY not in k]
     unexpected = [k for k in state if k not in expected]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v)}"
                   for k, v in expected.items() if k in state and state[k].shape != v]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(_key_report(path, config.preset, missing, unexpected, mismatched))
+    if not (missing or unexpected or mismatched):
+        return
 
-
-def _key_report(path: Path, preset: str, missing: list, unexpected: list, mismatched: list) -> str:
     def listing(name: str, items: list) -> str:
         shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
         return f"\n  {name} ({len(items)}): {shown}"
 
-    text = f"{path}: checkpoint does not match the '{preset}' architecture"
+    text = f"{where}: checkpoint does not match the '{preset}' architecture"
     if missing:
         text += listing("missing keys", missing)
     if unexpected:
         text += listing("unexpected keys", unexpected)
     if mismatched:
         text += listing("mis-shaped keys", mismatched)
-    return text
+    raise CheckpointError(text + (f"\n  {hint}" if hint else ""))
 
 
 def load_model(path: PathLike, device: str | torch.device = "cpu",

@@ -48,6 +48,7 @@ from .. import __version__
 from ..build import (
     check_config_buildable,
     check_config_fits,
+    check_state_dict,
     config_from_checkpoint,
     read_checkpoint,
     safe_torch_load,
@@ -120,11 +121,7 @@ def build_initial_model(config: TrainConfig) -> SGPSAMModel:
         state, stored, _ = read_checkpoint(config.init)
         has_sgpm = any(_SGPM_KEY in k for k in state)
         if stored is not None:
-            try:
-                model_config = ModelConfig.from_dict(stored)
-            except (TypeError, ValueError) as exc:
-                raise CheckpointError(f"--init {config.init}: invalid stored config: {exc}"
-                                      ) from exc
+            model_config = config_from_checkpoint(stored, f"--init {config.init}")
         else:
             name = config.preset or ("sgp_sam" if has_sgpm or config.mode == "sgp"
                                      else "sam_med3d")
@@ -145,19 +142,10 @@ def build_initial_model(config: TrainConfig) -> SGPSAMModel:
     torch.manual_seed(sample_seed(config.seed, 8))
     model = SGPSAMModel(model_config)
     if state is not None:
-        expected = model.state_dict()
-        sgpm_in_file = any(_SGPM_KEY in k for k in state)
-        missing = [k for k in expected if k not in state
-                   and (sgpm_in_file or _SGPM_KEY not in k)]
-        unexpected = [k for k in state if k not in expected]
-        mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-        if missing or unexpected or mismatched:
-            def show(items: list) -> str:
-                return ", ".join(items[:6]) + (f" ... ({len(items)})" if len(items) > 6 else "")
-            raise CheckpointError(
-                f"--init {config.init}: does not fit the '{model_config.preset}' architecture: "
-                f"missing [{show(missing)}], unexpected [{show(unexpected)}], "
-                f"mis-shaped [{show(mismatched)}]; use --preset to name the architecture")
+        check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state,
+                         f"--init {config.init}", model_config.preset,
+                         allow_missing_sgpm=not has_sgpm,
+                         hint="use --preset to name the architecture of a file without a config")
         model.load_state_dict(state, strict=False)
     return model
 

@@ -242,3 +242,25 @@ def test_sigterm_stops_the_library_run_and_a_second_one_aborts(data, tmp_path):
         train(_config(data, tmp_path / "two", steps=4), progress=signal_at_step_1(2))
     assert caught.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_an_init_checkpoint_that_does_not_fit_gets_the_one_key_report(tmp_path):
+    """train --init has the key contract and message of load_model (build.check_state_dict)."""
+    from SGPSAMLib.errors import CheckpointError
+    from SGPSAMLib.training import build_initial_model
+
+    state = build_model("tiny").state_dict()
+    state["mask_decoder.iou_token.weight"] = torch.zeros(2, 3)  # mis-shaped
+    del state["image_encoder.neck.0.weight"]                    # missing
+    bare = tmp_path / "bare.pth"
+    torch.save({"model_state_dict": state}, bare)
+    with pytest.raises(CheckpointError) as caught:
+        build_initial_model(TrainConfig(data="d", out="o", init=str(bare), preset="tiny",
+                                        mode="finetune"))
+    text = str(caught.value)
+    assert text.startswith(f"--init {bare}: checkpoint does not match the 'tiny' architecture")
+    assert "missing keys (1): image_encoder.neck.0.weight" in text
+    assert "mis-shaped keys (1): mask_decoder.iou_token.weight (2, 3) vs" in text
+    assert text.endswith("use --preset to name the architecture of a file without a config")
+    with pytest.raises(CheckpointError, match="mis-shaped keys \\(1\\)"):
+        load_model(bare, preset="tiny")
