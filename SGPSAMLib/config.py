@@ -6,7 +6,7 @@ carry its config (``to_dict``) and be rebuilt exactly (``from_dict``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .options import GATE_MODES, look_up_option
@@ -56,7 +56,6 @@ class ModelConfig:
     refine_channels: tuple[int, ...] = ()
     # Standard deviation (crop voxels) of the click bumps the refinement head sees.
     refine_click_sigma: float = 1.5
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("global_attn_indexes", "sgpm_blocks", "sgpm_dilations", "refine_channels"):
@@ -131,6 +130,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """A config from ``to_dict``'s output; unknown fields are an error. Checkpoints written
+        while the config had an (always empty, never read) ``extra`` field still load."""
+        if data.get("extra", None) in ({}, None) and "extra" in data:
+            data = {k: v for k, v in data.items() if k != "extra"}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -173,6 +173,14 @@ def test_config_validation(field: str, value: object, match: str) -> None:
         ModelConfig(**{field: value})
 
 
+def test_config_of_older_checkpoints_with_an_empty_extra_field_still_loads() -> None:
+    data = ModelConfig(preset="x").to_dict()
+    assert "extra" not in data
+    assert ModelConfig.from_dict({**data, "extra": {}}) == ModelConfig(preset="x")
+    with pytest.raises(ValueError, match="unknown ModelConfig fields \\['extra'\\]"):
+        ModelConfig.from_dict({**data, "extra": {"a": 1}})
+
+
 def test_config_round_trip() -> None:
     config = ModelConfig(preset="x", sgpm_blocks=(2, 5))
     data = config.to_dict()
