@@ -863,9 +863,7 @@ def _assign(labels: np.ndarray, state, value: int) -> tuple[int, int]:
 
 
 def _free_device_memory() -> None:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

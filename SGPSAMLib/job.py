@@ -256,7 +256,7 @@ class ProgressLines:
         if bar:
             try:
                 from tqdm import tqdm
-            except ImportError:  # pragma: no cover - tqdm is a dependency
+            except ImportError:  # a Slicer child: the module installs tqdm for no action
                 tqdm = None
             if tqdm is not None:
                 self._bar = tqdm(total=total, initial=initial, unit=unit, file=self.stream,

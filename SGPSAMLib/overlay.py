@@ -25,6 +25,7 @@ import numpy as np
 from .bitmap_font import CAP_HEIGHT, LINE_HEIGHT, draw_text, text_size
 from .errors import VolumeError
 from .geometry import Volume, ijk_to_array_index
+from .palette import LESION_COLORS, lesion_color_rgb8
 from .region import resolve_modality
 
 __all__ = ["render_overlay", "write_overlay", "render_comparison", "write_comparison",
@@ -33,8 +34,8 @@ __all__ = ["render_overlay", "write_overlay", "render_comparison", "write_compar
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Mask colours (RGB) for label values 1, 2, ... (repeating).
-PALETTE = ((255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (255, 100, 255))
+#: Mask colours (RGB 0..255) for label values 1, 2, ... (repeating): the lesion palette.
+PALETTE = tuple(lesion_color_rgb8(n) for n in range(1, len(LESION_COLORS) + 1))
 #: CT display window (HU): soft tissue, level 40, width 400.
 CT_WINDOW = (-160.0, 240.0)
 #: Panel names and their (screen x, screen y) directions in RAS: x to the right of the screen,

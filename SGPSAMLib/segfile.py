@@ -32,6 +32,8 @@ from .errors import VolumeError, VolumeIOError
 from .geometry import Volume, lps_geometry, ras_to_lps
 from .headers import check_image_file
 from .io import atomic_write, volume_from_sitk
+from .palette import LESION_COLORS
+from .palette import lesion_color as default_color
 
 __all__ = ["SegmentInfo", "write_segmentation", "read_segmentation", "default_color",
            "SEGMENT_COLORS"]
@@ -40,22 +42,13 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# Distinct, colour-blind-friendly colours (Okabe-Ito, then Paul Tol's bright), lesion 1 first.
-SEGMENT_COLORS: tuple[tuple[float, float, float], ...] = (
-    (0.835, 0.369, 0.0), (0.0, 0.447, 0.698), (0.0, 0.620, 0.451), (0.941, 0.894, 0.259),
-    (0.8, 0.475, 0.655), (0.337, 0.706, 0.914), (0.902, 0.624, 0.0), (0.933, 0.4, 0.467),
-    (0.133, 0.533, 0.2), (0.667, 0.2, 0.467), (0.4, 0.8, 0.933), (0.8, 0.733, 0.267),
-)
+#: The lesion palette (:mod:`SGPSAMLib.palette`), lesion 1 first.
+SEGMENT_COLORS = LESION_COLORS
 
 _NRRD_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.uint16): "unsigned short"}
 # Characters that would break a one-line header field.
 _HEADER_UNSAFE = re.compile(r"[\r\n]")
 _CHUNK_BYTES = 1 << 24
-
-
-def default_color(label_value: int) -> tuple[float, float, float]:
-    """The palette colour for a label value (1-based; it cycles)."""
-    return SEGMENT_COLORS[(int(label_value) - 1) % len(SEGMENT_COLORS)]
 
 
 @dataclass(frozen=True)

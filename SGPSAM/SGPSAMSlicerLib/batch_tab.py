@@ -19,6 +19,7 @@ from typing import Any, Callable
 from SGPSAMLib import options
 from SGPSAMLib.errors import CheckpointError, SGPSAMError, VolumeIOError
 from SGPSAMLib.options import COORDINATE_SPACES, MODALITIES, look_up_option
+from SGPSAMLib.palette import lesion_color
 
 from .child_job import STOP_FILE_OPTION, ChildJob, JobState, JobTab
 from .interpreter import child_environment, python_executable
@@ -122,13 +123,8 @@ def resolve_model_field(spec: str, field_name: str = "Model") -> Path:
     text = (spec or "").strip()
     if not text:
         raise _field_error(field_name, "no model chosen; pick a model name or a checkpoint file")
-    try:
-        from SGPSAMLib.models import resolve_model  # noqa: PLC0415 - light, no torch
-    except ImportError:  # pragma: no cover - models.py not installed
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise _field_error(field_name, f"{text}: no such checkpoint file") from None
-        return path
+    from SGPSAMLib.models import resolve_model  # noqa: PLC0415 - light, no torch
+
     try:
         return Path(resolve_model(text))
     except CheckpointError as exc:
@@ -468,14 +464,9 @@ def load_segmentation_file(path: str | Path, scene: Any, name: str,
 
 def _name_lesion_segments(segmentation_node: Any) -> None:
     """'Lesion N' names and the batch palette colours, by label value (as .seg.nrrd has)."""
-    try:
-        from SGPSAMLib.segfile import default_color  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        default_color = None
     segmentation = segmentation_node.GetSegmentation()
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
         value = segment.GetLabelValue()
         segment.SetName(f"Lesion {value}")
-        if default_color is not None:
-            segment.SetColor(*default_color(value))
+        segment.SetColor(*lesion_color(value))

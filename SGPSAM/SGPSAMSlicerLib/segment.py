@@ -48,6 +48,7 @@ import vtk
 
 from SGPSAMLib.boxes import BBox, bbox_union
 from SGPSAMLib.errors import PromptError, SGPSAMError
+from SGPSAMLib.palette import LESION_COLORS, lesion_color
 
 from .mrml_geometry import (
     volume_from_node,
@@ -73,11 +74,6 @@ LESION_TERMINOLOGY = (
     "Segmentation category and type - 3D Slicer General Anatomy list"
     "~SCT^49755003^Morphologically Altered Structure~SCT^4147007^Mass~^^"
     "~Anatomic codes - DICOM master list~^^~^^"
-)
-#: Colours of lesions 1, 2, ... (cycled): distinct from each other and from the point colours.
-LESION_COLORS = (
-    (0.95, 0.75, 0.10), (0.20, 0.60, 1.00), (0.85, 0.35, 0.95), (1.00, 0.50, 0.20),
-    (0.10, 0.80, 0.80), (0.95, 0.45, 0.60), (0.60, 0.85, 0.25), (0.70, 0.55, 0.35),
 )
 POSITIVE_COLOR = (0.15, 0.85, 0.25)
 NEGATIVE_COLOR = (0.95, 0.15, 0.15)
@@ -309,7 +305,7 @@ class LesionSegmenter:
             while f"Lesion {number}" in existing:
                 number += 1
             name = f"Lesion {number}"
-        color = LESION_COLORS[(number - 1) % len(LESION_COLORS)]
+        color = lesion_color(number)
         segment_id = segmentation.AddEmptySegment("", name, list(color))
         segment = segmentation.GetSegment(segment_id)
         segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY)

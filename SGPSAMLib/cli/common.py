@@ -61,8 +61,6 @@ def quiet_itk() -> None:
     """Silence ITK's own warning printer (e.g. "GDCMSeriesFileNames ...: No Series were found"
     before our message); our readers turn every problem into one clear error. ``--verbose``
     keeps ITK's lines."""
-    try:
-        import SimpleITK as sitk
-    except ImportError:  # pragma: no cover - SimpleITK is a dependency
-        return
+    import SimpleITK as sitk
+
     sitk.ProcessObject.SetGlobalWarningDisplay(False)

@@ -211,3 +211,16 @@ def test_slicer_loads_names_colours_values_and_geometry(tmp_path: Path) -> None:
     ras = volume.ijk_to_ras_points(np.argwhere(volume.array == 3)[:, ::-1].astype(float))
     expected = reference.ijk_to_ras_points(np.argwhere(_labels() == 3)[:, ::-1].astype(float))
     np.testing.assert_allclose(np.sort(ras, axis=0), np.sort(expected, axis=0), atol=1e-6)
+
+
+def test_one_lesion_palette_for_segment_files_and_overlays() -> None:
+    """Lesion n has one colour: .seg.nrrd segments, PNG overlays (and the Slicer module,
+    Testing/slicer/test_segment_logic.py) take it from SGPSAMLib.palette."""
+    from SGPSAMLib.overlay import PALETTE
+    from SGPSAMLib.palette import LESION_COLORS, lesion_color, lesion_color_rgb8
+
+    assert len(set(LESION_COLORS)) == len(LESION_COLORS) == 12
+    for n in range(1, 26):
+        assert default_color(n) == lesion_color(n) == LESION_COLORS[(n - 1) % 12]
+        assert PALETTE[(n - 1) % len(PALETTE)] == lesion_color_rgb8(n)
+    assert lesion_color_rgb8(1) == (213, 94, 0)

@@ -22,6 +22,7 @@ from SGPSAMSlicerLib.settings import QSettingsStore, Settings  # noqa: E402
 
 from SGPSAMLib.errors import PromptError, SGPSAMError, VolumeError  # noqa: E402
 from SGPSAMLib.geometry import Volume  # noqa: E402
+from SGPSAMLib.palette import lesion_color  # noqa: E402
 
 # A rotation of 90 degrees about S plus a shift: what a registration might put on a volume.
 VOLUME_TRANSFORM = np.array([[0.0, -1.0, 0.0, 20.0], [1.0, 0.0, 0.0, -5.0],
@@ -179,6 +180,7 @@ def test_lesion_lands_where_it_is_in_its_own_segment_only(scene_case, phantom) -
     segment = segmentation.GetSegmentation().GetSegment(first)
     assert segment.GetName() == "Lesion 2"  # "manual" is segment 1
     assert _terminology(segment) == LESION_TERMINOLOGY
+    assert segment.GetColor() == pytest.approx(lesion_color(2))  # the library's palette
     world = _apply(VOLUME_TRANSFORM, phantom.centres_ras[0])
     result = logic.addPoint(world)
     assert result.action == "add" and result.voxels_changed > 0
