@@ -65,7 +65,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,6 +73,15 @@ from typing import Any, Union
 
 import numpy as np
 
+from .batch_inputs import (
+    CaseInput,
+    SeedSource,
+    check_shard,
+    find_volumes,
+    output_path,
+    parse_shard,
+    shard_cases,
+)
 from .batch_journal import (
     JOURNAL_PREFIX,
     append_journal,
@@ -91,11 +100,8 @@ from .options import COORDINATE_SPACES, IMAGE_SUFFIXES, OUTPUT_FORMATS, look_up_
 from .result_checks import background_level, background_point_warning
 from .runfiles import fingerprint, remove_stale_temporaries, sha256_file
 from .seeds import (
-    Lesion,
-    Seed,
+    SeedLesion,
     group_lesions,
-    read_markups,
-    read_seed_csv,
     seeds_fingerprint,
 )
 from .segfile import SegmentInfo, default_color, write_segmentation
@@ -112,17 +118,6 @@ ProgressFn = Callable[[dict], None]
 STATUSES = ("ok", "skipped", "no_seeds", "failed")
 SUMMARY_COLUMNS = ("case", "image", "output", "lesions", "voxels", "volume_ml", "seconds",
                    "status", "error", "warnings")
-MARKUPS_SUFFIX = ".mrk.json"
-_DICOM_PROBE_FILES = 3
-
-
-@dataclass(frozen=True)
-class CaseInput:
-    """One case: its id (relative path without suffix, '/'-separated) and image file/folder."""
-
-    case_id: str
-    path: Path
-    dicom: bool = False
 
 
 @dataclass
@@ -248,185 +243,6 @@ class _ModelError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------
-# Finding cases and splitting them.
-
-def _image_suffix(name: str) -> str | None:
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return suffix
-    return None
-
-
-def _is_dicom_folder(folder: Path) -> bool:
-    """A folder holding ``*.dcm`` files or files with the DICOM preamble marker (cheap probe)."""
-    probed = 0
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        return False
-    for entry in entries:
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
-        if entry.name.lower().endswith(".dcm"):
-            return True
-        if _image_suffix(entry.name) or entry.name.lower().endswith((".json", ".csv", ".txt")):
-            continue
-        if probed >= _DICOM_PROBE_FILES:
-            continue
-        probed += 1
-        try:
-            with open(entry.path, "rb") as f:
-                head = f.read(132)
-        except OSError:
-            continue
-        if len(head) == 132 and head[128:132] == b"DICM":
-            return True
-    return False
-
-
-def find_volumes(folder: PathLike, recursive: bool = False,
-                 exclude: Iterable[PathLike] = ()) -> list[CaseInput]:
-    """Cases in ``folder``: image files and DICOM series folders, sorted by case id.
-
-    Args:
-        folder: the input folder.
-        recursive: search sub-folders at any depth (otherwise only the folder itself and its
-            DICOM series sub-folders).
-        exclude: folders to leave out (e.g. the output folder when it lies inside the input).
-
-    Raises:
-        VolumeIOError: ``folder`` is not a folder, or two inputs map to the same case id
-            (``a.nii.gz`` and ``a.nrrd``).
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise VolumeIOError(f"input {root}: not a folder; expected a folder of volumes "
-                            "(NIfTI, NRRD, MHA files or DICOM series folders)")
-    excluded = {Path(p).resolve() for p in exclude}
-    cases: list[CaseInput] = []
-
-    def case_id(path: Path, suffix: str) -> str:
-        rel = path.relative_to(root).as_posix()
-        return rel[: len(rel) - len(suffix)] if suffix else rel
-
-    if _is_dicom_folder(root):  # the input itself is one DICOM series
-        return [CaseInput(root.resolve().name, root, True)]
-    for current, dirs, files in os.walk(root):
-        here = Path(current)
-        kept = []
-        for name in sorted(dirs):
-            sub = here / name
-            if name.startswith(".") or sub.resolve() in excluded:
-                continue
-            if _is_dicom_folder(sub):
-                cases.append(CaseInput(case_id(sub, ""), sub, True))
-            elif recursive:
-                kept.append(name)
-        dirs[:] = kept
-        for name in sorted(files):
-            suffix = _image_suffix(name)
-            if suffix is None or name.startswith(".") or name.lower().endswith(".seg.nrrd"):
-                continue
-            cases.append(CaseInput(case_id(here / name, suffix), here / name, False))
-    cases.sort(key=lambda c: c.case_id)
-    seen: dict[str, CaseInput] = {}
-    for case in cases:
-        if case.case_id in seen:
-            raise VolumeIOError(f"input {root}: {seen[case.case_id].path.name} and "
-                                f"{case.path.name} both give case id {case.case_id!r}; rename or "
-                                "move one of them")
-        seen[case.case_id] = case
-    return cases
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/n' -> (i, n) with 0 <= i < n (e.g. '0/4' .. '3/4'), or SGPSAMError naming the value."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if not match:
-        raise SGPSAMError(f"--shard {text!r}: expected i/n, e.g. 0/4 for the first of four shards")
-    index, count = int(match.group(1)), int(match.group(2))
-    _check_shard(index, count, f"--shard {text!r}")
-    return index, count
-
-
-def _check_shard(index: int, count: int, what: str) -> None:
-    if count < 1 or not 0 <= index < count:
-        raise SGPSAMError(f"{what}: shard index must satisfy 0 <= i < n, got i={index}, "
-                          f"n={count} (shards are numbered from 0)")
-
-
-def shard_cases(cases: Sequence[CaseInput], index: int, count: int) -> list[CaseInput]:
-    """Cases ``index, index + count, ...`` of the sorted list: shards partition the cohort."""
-    _check_shard(index, count, "shard")
-    return list(cases[index::count])
-
-
-def output_path(output: PathLike, case_id: str, output_format: str) -> Path:
-    """Where a case's result goes: ``<output>/<case id><suffix>``."""
-    look_up_option(output_format, OUTPUT_FORMATS, "output format")
-    return Path(output) / (case_id + OUTPUT_FORMATS[output_format])
-
-
-# ------------------------------------------------------------------------------------------------
-# Seeds per case.
-
-def _markups_files(cases: Sequence[CaseInput]) -> dict[str, list[Path]]:
-    """case id -> its markups files (see module docstring), each file given to one case."""
-    by_folder: dict[Path, list[tuple[str, CaseInput]]] = {}
-    for case in cases:
-        stem = case.path.name if case.dicom else case.path.name[
-            : len(case.path.name) - len(_image_suffix(case.path.name) or "")]
-        by_folder.setdefault(case.path.parent, []).append((stem, case))
-    result: dict[str, list[Path]] = {c.case_id: [] for c in cases}
-    for folder, entries in by_folder.items():
-        try:
-            names = sorted(n for n in os.listdir(folder) if n.lower().endswith(MARKUPS_SUFFIX))
-        except OSError:
-            continue
-        for name in names:
-            base = name[: -len(MARKUPS_SUFFIX)]
-            owners = [(stem, case) for stem, case in entries
-                      if base == stem or base.startswith(stem + ".")]
-            if owners:
-                owner = max(owners, key=lambda e: len(e[0]))[1]
-                result[owner.case_id].append(folder / name)
-    for case in cases:
-        if case.dicom:
-            inside = sorted(p for p in case.path.iterdir()
-                            if p.name.lower().endswith(MARKUPS_SUFFIX))
-            result[case.case_id].extend(inside)
-    return result
-
-
-def _strip_image_suffix(name: str) -> str:
-    suffix = _image_suffix(name)
-    return name[: len(name) - len(suffix)] if suffix else name
-
-
-def _match_csv_cases(seed_map: dict[str, list[Seed]], cases: Sequence[CaseInput]
-                     ) -> tuple[dict[str, list[Seed]], list[str]]:
-    """CSV case names -> case ids (exact id, else unique file stem); and unmatched names."""
-    ids = {c.case_id for c in cases}
-    by_stem: dict[str, list[str]] = {}
-    for c in cases:
-        by_stem.setdefault(c.case_id.rsplit("/", 1)[-1], []).append(c.case_id)
-    matched: dict[str, list[Seed]] = {}
-    unmatched: list[str] = []
-    for name, seeds in seed_map.items():
-        key = _strip_image_suffix(name.strip().replace("\\", "/"))
-        if key in ids:
-            target = key
-        elif len(by_stem.get(key, [])) == 1:
-            target = by_stem[key][0]
-        else:
-            unmatched.append(name)
-            continue
-        matched.setdefault(target, []).extend(seeds)
-    return matched, unmatched
-
-
-# ------------------------------------------------------------------------------------------------
 # The run.
 
 def _now() -> str:
@@ -543,26 +359,6 @@ class _Runner:
 
     # -- one case --------------------------------------------------------------------------
 
-    def seeds_for(self, case: CaseInput) -> tuple[list[Seed], str]:
-        """The case's seeds and, when there are none, why."""
-        if self.seed_map is not None:
-            seeds = self.seed_map.get(case.case_id, [])
-            return seeds, "" if seeds else f"case {case.case_id!r} has no rows in {self.csv_name}"
-        files = self.markups.get(case.case_id, [])
-        if not files:
-            where = case.path.parent / (
-                (case.path.name if case.dicom else _strip_image_suffix(case.path.name))
-                + MARKUPS_SUFFIX)
-            return [], f"no seed file (expected {where})"
-        stem = case.path.name if case.dicom else _strip_image_suffix(case.path.name)
-        seeds: list[Seed] = []
-        taken: set[str] = set()
-        for path in files:
-            base = path.name[: -len(MARKUPS_SUFFIX)]
-            tag = base[len(stem) + 1:] if base.startswith(stem + ".") else None
-            seeds.extend(read_markups(path, lesion_name=tag or None, taken=taken))
-        return seeds, "" if seeds else "the markups file(s) hold no defined control points"
-
     def previous_ok(self, case: CaseInput, out: Path, sha: str, image_fp: str) -> dict | None:
         """The journal record to keep for this case (skip it), or None to redo it."""
         c = self.config
@@ -572,7 +368,7 @@ class _Runner:
                                str(case.path.resolve()), out, sha, image_fp, self.model_id,
                                self.model_fingerprint, c.output_format)
 
-    def segment(self, case: CaseInput, volume: Volume, lesions: list[Lesion],
+    def segment(self, case: CaseInput, volume: Volume, lesions: list[SeedLesion],
                 result: CaseResult, index: int) -> np.ndarray:
         """Label array with lesion n = n (first come, first kept)."""
         c = self.config
@@ -622,7 +418,8 @@ class _Runner:
                     result.warnings.append(f"lesion {lesion.name!r}: {warning}")
         return labels
 
-    def write(self, labels: np.ndarray, volume: Volume, lesions: list[Lesion], out: Path) -> None:
+    def write(self, labels: np.ndarray, volume: Volume, lesions: list[SeedLesion],
+              out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries([out])
         if self.config.output_format == "seg.nrrd":
@@ -650,7 +447,7 @@ class _Runner:
                             model=self.model_id, output_format=c.output_format)
         try:
             self.emit(self.progress_event(index, case, "seeds"))
-            seeds, why = self.seeds_for(case)
+            seeds, why = self.seed_source.seeds_for(case)
             result.seeds_sha = seeds_fingerprint(seeds)
             result.image_fingerprint = fingerprint(case.path)
             result.model_fingerprint = self.model_fingerprint
@@ -718,19 +515,8 @@ class _Runner:
         except ValueError as exc:
             raise SGPSAMError(f"device: {exc}") from None
         cases_all = find_volumes(in_dir, c.recursive, exclude=[out_dir])
-        self.seed_map = None
-        self.csv_name = ""
-        unmatched: list[str] = []
-        if str(c.seeds) == "markups":
-            self.markups = _markups_files(cases_all)
-        else:
-            csv_path = Path(c.seeds)
-            self.csv_name = csv_path.name
-            self.seed_map, unmatched = _match_csv_cases(
-                read_seed_csv(csv_path, space=str(c.csv_space).upper()), cases_all)
-            if unmatched:
-                log.warning("%d case name(s) in %s match no volume: %s", len(unmatched),
-                            csv_path, ", ".join(unmatched[:10]))
+        self.seed_source = SeedSource(c.seeds, c.csv_space, cases_all)
+        unmatched = self.seed_source.unmatched
         if not cases_all:
             raise VolumeIOError(f"input {in_dir}: no volumes found (NIfTI, NRRD, MetaImage files "
                                 "or DICOM series folders"
@@ -831,7 +617,7 @@ def run_batch(config: BatchConfig, progress: ProgressFn | None = None,
     """
     if config.shard is not None:
         index, count = config.shard
-        _check_shard(int(index), int(count), "shard")
+        check_shard(int(index), int(count), "shard")
         config.shard = (int(index), int(count))
     try:
         return _Runner(config, progress, stop).run()

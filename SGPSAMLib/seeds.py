@@ -61,7 +61,7 @@ from .errors import PromptError, SGPSAMError
 from .geometry import lps_to_ras
 from .options import COORDINATE_SPACES
 
-__all__ = ["Seed", "Lesion", "SeedFileError", "read_markups", "read_seed_csv",
+__all__ = ["Seed", "SeedLesion", "SeedFileError", "read_markups", "read_seed_csv",
            "group_lesions", "parse_sign", "seeds_fingerprint", "CSV_COLUMNS", "SPACES"]
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,11 @@ class Seed:
 
 
 @dataclass
-class Lesion:
-    """The seeds of one lesion in click order; ``label_value`` is 1..N in lesion order."""
+class SeedLesion:
+    """The seeds of one lesion in click order; ``label_value`` is 1..N in lesion order.
+
+    (Not ``cases.LabelLesion``, a lesion of a label map, nor the Slicer module's
+    ``EditedLesion``.)"""
 
     name: str
     label_value: int
@@ -403,19 +406,19 @@ def read_seed_csv(path: PathLike, space: str = "RAS") -> dict[str, list[Seed]]:
     return result
 
 
-def group_lesions(seeds: Iterable[Seed]) -> list[Lesion]:
+def group_lesions(seeds: Iterable[Seed]) -> list[SeedLesion]:
     """Seeds -> lesions in order of first appearance, label values 1..N.
 
     Seeds with an empty lesion name are shared negatives: they are appended to every lesion.
     """
-    lesions: dict[str, Lesion] = {}
+    lesions: dict[str, SeedLesion] = {}
     shared: list[Seed] = []
     for seed in seeds:
         if not seed.lesion:
             shared.append(seed)
             continue
         if seed.lesion not in lesions:
-            lesions[seed.lesion] = Lesion(seed.lesion, len(lesions) + 1)
+            lesions[seed.lesion] = SeedLesion(seed.lesion, len(lesions) + 1)
         lesions[seed.lesion].seeds.append(seed)
     for lesion in lesions.values():
         lesion.seeds.extend(shared)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from SGPSAMLib import batch as batch_module
-from SGPSAMLib import build
+from SGPSAMLib import batch_inputs, build
 from SGPSAMLib.batch import (
     SUMMARY_COLUMNS,
     BatchConfig,
@@ -709,7 +709,8 @@ def test_cli_real_tiny_checkpoint_end_to_end(tmp_path: Path,
 
 def test_batch_module_has_no_import_of_torch_at_module_level() -> None:
     """``sgpsam --help`` stays fast: the batch modules import torch only when they run."""
-    source = Path(batch_module.__file__).read_text() + Path(cli_batch.__file__).read_text()
+    source = "".join(Path(module.__file__).read_text()
+                     for module in (batch_module, batch_inputs, cli_batch))
     top_level = [line for line in source.splitlines()
                  if line.startswith(("import torch", "from torch", "from .session",
                                      "from .build"))]
