@@ -200,29 +200,7 @@ def _transfer(url: str, dest: Path, part: Path, handle: BinaryIO, sha256: str,
         if progress is not None:
             progress(offset, offset)
         return
-    headers = {"User-Agent": f"sgpsam/{__version__} (python-urllib)",
-               "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        log.info("resuming %s at byte %d", url, offset)
-    request = urllib.request.Request(url, headers=headers)
-    opener = urllib.request.build_opener()  # reads proxy settings from the environment now
-    try:
-        response = opener.open(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        if exc.code == 416 and offset:  # our partial file is not a prefix the server knows
-            raise _Restart() from exc
-        raise _fail(DownloadError, url, dest, f"HTTP {exc.code} {exc.reason}",
-                    status=exc.code) from exc
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        text = _describe_os_error(reason) if isinstance(reason, BaseException) else str(reason)
-        raise _fail(DownloadError, url, dest, f"cannot reach the server: {text} (check the "
-                    "network connection and proxy settings such as HTTPS_PROXY)") from exc
-    except (OSError, ValueError) as exc:  # timeouts, bad URLs
-        raise _fail(DownloadError, url, dest, _describe_os_error(exc)) from exc
-
+    response = _open(url, dest, offset, timeout)
     with contextlib.closing(response):
         status = getattr(response, "status", None) or 200
         length = _content_length(response)
@@ -249,32 +227,8 @@ def _transfer(url: str, dest: Path, part: Path, handle: BinaryIO, sha256: str,
                 raise _fail(DownloadError, url, dest, f"not enough disk space in {part.parent}: "
                             f"need {models.format_size(total - offset)}, "
                             f"{models.format_size(free)} free")
-        done = offset
-        if progress is not None:
-            progress(done, total)
-        handle.seek(0, os.SEEK_END)
-        while True:
-            if stop is not None and stop():
-                raise DownloadCancelled(f"download of {url} to {dest} was cancelled")
-            try:
-                chunk = response.read(_CHUNK)
-            except (OSError, ValueError) as exc:  # reset, timeout, IncompleteRead
-                raise _fail(DownloadError, url, dest, "the connection broke off after "
-                            f"{done} bytes: {_describe_os_error(exc)}") from exc
-            if not chunk:
-                break
-            done += len(chunk)
-            if total is not None and done > total:
-                raise _fail(DownloadIntegrityError, url, dest, f"received more than the "
-                            f"{total} bytes announced")
-            try:
-                handle.write(chunk)
-            except OSError as exc:
-                raise _fail(DownloadError, url, dest, f"cannot write {part}: "
-                            f"{_describe_os_error(exc)}") from exc
-            digest.update(chunk)
-            if progress is not None:
-                progress(done, total)
+        done = _stream(response, handle, digest, offset, total, url, dest, part, progress,
+                       stop)
     if total is not None and done != total:
         raise _fail(DownloadTruncated, url, dest, f"truncated transfer: received {done} "
                     f"of {total} bytes")
@@ -291,6 +245,67 @@ def _transfer(url: str, dest: Path, part: Path, handle: BinaryIO, sha256: str,
     except OSError as exc:
         raise _fail(DownloadError, url, dest, f"cannot write {part}: "
                     f"{_describe_os_error(exc)}") from exc
+
+
+def _open(url: str, dest: Path, offset: int, timeout: float) -> Any:
+    """The server's response for the file from byte ``offset`` on (a Range request when
+    resuming); every failure is one DownloadError (``_Restart`` when the server cannot resume
+    our partial file)."""
+    headers = {"User-Agent": f"sgpsam/{__version__} (python-urllib)",
+               "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        log.info("resuming %s at byte %d", url, offset)
+    request = urllib.request.Request(url, headers=headers)
+    opener = urllib.request.build_opener()  # reads proxy settings from the environment now
+    try:
+        return opener.open(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and offset:  # our partial file is not a prefix the server knows
+            raise _Restart() from exc
+        raise _fail(DownloadError, url, dest, f"HTTP {exc.code} {exc.reason}",
+                    status=exc.code) from exc
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        text = _describe_os_error(reason) if isinstance(reason, BaseException) else str(reason)
+        raise _fail(DownloadError, url, dest, f"cannot reach the server: {text} (check the "
+                    "network connection and proxy settings such as HTTPS_PROXY)") from exc
+    except (OSError, ValueError) as exc:  # timeouts, bad URLs
+        raise _fail(DownloadError, url, dest, _describe_os_error(exc)) from exc
+
+
+def _stream(response: Any, handle: BinaryIO, digest: Any, done: int, total: int | None,
+            url: str, dest: Path, part: Path, progress: ProgressFn | None,
+            stop: StopFn | None) -> int:
+    """Append the response body to ``handle`` (hashing it), from ``done`` bytes on -> bytes
+    held now. Stops on a request (DownloadCancelled), a broken connection, more data than
+    announced, or a write error."""
+    if progress is not None:
+        progress(done, total)
+    handle.seek(0, os.SEEK_END)
+    while True:
+        if stop is not None and stop():
+            raise DownloadCancelled(f"download of {url} to {dest} was cancelled")
+        try:
+            chunk = response.read(_CHUNK)
+        except (OSError, ValueError) as exc:  # reset, timeout, IncompleteRead
+            raise _fail(DownloadError, url, dest, "the connection broke off after "
+                        f"{done} bytes: {_describe_os_error(exc)}") from exc
+        if not chunk:
+            return done
+        done += len(chunk)
+        if total is not None and done > total:
+            raise _fail(DownloadIntegrityError, url, dest, f"received more than the "
+                        f"{total} bytes announced")
+        try:
+            handle.write(chunk)
+        except OSError as exc:
+            raise _fail(DownloadError, url, dest, f"cannot write {part}: "
+                        f"{_describe_os_error(exc)}") from exc
+        digest.update(chunk)
+        if progress is not None:
+            progress(done, total)
 
 
 def download(url: str, dest: PathLike, sha256: str, size_bytes: int | None = None,

@@ -364,36 +364,15 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
         SGPSAMError / OSError: bad folder, no cases, unreadable model. A case that fails to load
         or segment is reported in its row (status "failed") and the run goes on.
     """
-    from .cases import find_cases, load_case
+    from .cases import find_cases
 
-    if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 1:
-        raise SGPSAMError(f"--clicks: expected an integer >= 1, got {clicks!r}")
-    look_up_option(lesion_unit, LESION_UNITS, "--lesion-unit")
-    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
-        raise SGPSAMError(f"--max-windows: expected an integer >= 1, got {max_windows!r}")
-    if not (isinstance(nsd_tolerance_mm, (int, float)) and nsd_tolerance_mm >= 0):
-        raise SGPSAMError(f"--nsd-tolerance: expected a number >= 0 (mm), got "
-                          f"{nsd_tolerance_mm!r}")
+    _check_options(clicks, lesion_unit, max_windows, nsd_tolerance_mm)
     start = time.perf_counter()
     cases = find_cases(data_folder, role="evaluation data")
     if max_cases is not None:
         cases = cases[:max(0, int(max_cases))]
-    if session is None:
-        from .devices import resolve_device
-        from .session import InteractiveSession
-
-        try:
-            torch_device = resolve_device(device)
-        except ValueError as exc:
-            raise SGPSAMError(f"--device: {exc}") from None
-        model, info = _load_model(model_or_path, torch_device)
-        session = InteractiveSession(model, device=torch_device, prompt_mode=prompt_mode,
-                                     max_windows=max_windows, extend_at_border=max_windows > 1)
-        device_name = str(torch_device)
-    else:
-        info = {"model": str(getattr(model_or_path, "__name__", model_or_path)),
-                "preset": None}
-        device_name = str(getattr(session, "device", device))
+    session, info, device_name = _session(model_or_path, device, prompt_mode, max_windows,
+                                          session)
     emit = progress or (lambda record: None)
     emit({"event": "start", "total_cases": len(cases), "clicks": clicks,
           "data": str(data_folder), "model": info["model"], "device": device_name})
@@ -401,59 +380,23 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
     result = EvaluationResult()
     stopped = False
     lesions_done = 0
+    load = dict(labels=labels, lesion_unit=lesion_unit, min_lesion_voxels=min_lesion_voxels,
+                modality=modality)
     for case_index, files in enumerate(cases):
         if is_stopped(stop):
             stopped = True
             break
+
+        def lesion_done(row: dict[str, Any], case_number: int = case_index + 1) -> None:
+            nonlocal lesions_done
+            lesions_done += 1
+            emit({"event": "progress", "case_index": case_number,
+                  "total_cases": len(cases), "case": row["case"], "lesion": row["lesion"],
+                  "lesions_done": lesions_done, "dice_final": row[f"dice_{clicks}"]})
+
         case_start = time.perf_counter()
-        row: dict[str, Any] = {"case": files.case_id, "image": str(files.image),
-                               "label": str(files.label), "status": "ok", "error": None,
-                               "lesions": 0}
-        case_lesions: list[dict[str, Any]] = []
-        try:
-            loaded = load_case(files, labels=labels, lesion_unit=lesion_unit,
-                               min_lesion_voxels=min_lesion_voxels, modality=modality)
-            if not loaded.lesions:
-                row["status"] = "no_lesions"
-            else:
-                session.set_volume(loaded.volume, modality=loaded.modality)
-            volume = loaded.volume
-            lesion_map = loaded.lesion_volume.array
-            targets = lesion_map > 0
-            for lesion in loaded.lesions:
-                if is_stopped(stop):
-                    stopped = True
-                    break
-                lesion_start = time.perf_counter()
-                truth = lesion_map == lesion.index
-                others = targets & ~truth
-                outcome = simulate_lesion(session, volume, truth, clicks,
-                                          ignore=others if others.any() else None,
-                                          nsd_tolerance_mm=nsd_tolerance_mm)
-                volume_ml = lesion.voxels * volume.voxel_volume_ml
-                lesion_row: dict[str, Any] = {
-                    "case": files.case_id, "lesion": lesion.index, "label": lesion.label_value,
-                    "voxels": lesion.voxels, "volume_ml": volume_ml,
-                    "diameter_mm": (6.0 * volume_ml * 1000.0 / math.pi) ** (1.0 / 3.0),
-                }
-                for c, value in enumerate(outcome["dice"], start=1):
-                    lesion_row[f"dice_{c}"] = value
-                lesion_row.update(
-                    dice_auc=outcome["dice_auc"], nsd=outcome["nsd"],
-                    clicks_used=outcome["clicks_used"],
-                    predicted_voxels=outcome["predicted_voxels"],
-                    seconds=time.perf_counter() - lesion_start,
-                    clicks=[c.to_dict() for c in outcome["clicks"]])
-                case_lesions.append(lesion_row)
-                lesions_done += 1
-                emit({"event": "progress", "case_index": case_index + 1,
-                      "total_cases": len(cases), "case": files.case_id,
-                      "lesion": lesion.index, "lesions_done": lesions_done,
-                      "dice_final": lesion_row[f"dice_{clicks}"]})
-        except (SGPSAMError, OSError, ValueError) as exc:
-            log.warning("case %s failed: %s", files.case_id, exc)
-            row.update(status="failed", error=str(exc))
-            case_lesions = []
+        row, case_lesions, stopped = _evaluate_case(session, files, load, clicks,
+                                                    nsd_tolerance_mm, stop, lesion_done)
         if stopped and row["status"] == "ok":
             # An interrupted case is dropped whole: its row would mix finished and missing
             # lesions.
@@ -466,10 +409,116 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
         result.cases.append(row)
         emit({"event": "case", **json_safe(row)})
 
+    result.summary = {
+        **_summary(result, clicks, nsd_tolerance_mm),
+        "seconds": time.perf_counter() - start,
+        "model": info["model"], "preset": info["preset"], "device": device_name,
+        "prompt_mode": prompt_mode, "max_windows": max_windows, "data": str(data_folder),
+        "stopped": stopped,
+    }
+    emit({"event": "done", **json_safe(result.summary)})
+    return result
+
+
+def _check_options(clicks: Any, lesion_unit: Any, max_windows: Any, nsd_tolerance_mm: Any
+                   ) -> None:
+    """SGPSAMError naming the first bad option (before any case is read)."""
+    if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 1:
+        raise SGPSAMError(f"--clicks: expected an integer >= 1, got {clicks!r}")
+    look_up_option(lesion_unit, LESION_UNITS, "--lesion-unit")
+    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
+        raise SGPSAMError(f"--max-windows: expected an integer >= 1, got {max_windows!r}")
+    if not (isinstance(nsd_tolerance_mm, (int, float)) and nsd_tolerance_mm >= 0):
+        raise SGPSAMError(f"--nsd-tolerance: expected a number >= 0 (mm), got "
+                          f"{nsd_tolerance_mm!r}")
+
+
+def _session(model_or_path: Any, device: str, prompt_mode: str, max_windows: int,
+             session: Any) -> tuple[Any, dict[str, Any], str]:
+    """(the session, model info for the summary, device name): the given session, or an
+    ``InteractiveSession`` on the loaded model."""
+    if session is not None:
+        info = {"model": str(getattr(model_or_path, "__name__", model_or_path)),
+                "preset": None}
+        return session, info, str(getattr(session, "device", device))
+    from .devices import resolve_device
+    from .session import InteractiveSession
+
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        raise SGPSAMError(f"--device: {exc}") from None
+    model, info = _load_model(model_or_path, torch_device)
+    session = InteractiveSession(model, device=torch_device, prompt_mode=prompt_mode,
+                                 max_windows=max_windows, extend_at_border=max_windows > 1)
+    return session, info, str(torch_device)
+
+
+def _evaluate_case(session: Any, files: Any, load: dict[str, Any], clicks: int,
+                   nsd_tolerance_mm: float, stop: StopFlag,
+                   lesion_done: Callable[[dict[str, Any]], None]
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+    """One case: (its row, its lesion rows, whether a stop came between lesions). A case that
+    cannot be read or segmented is a "failed" row without lesion rows."""
+    from .cases import load_case
+
+    row: dict[str, Any] = {"case": files.case_id, "image": str(files.image),
+                           "label": str(files.label), "status": "ok", "error": None,
+                           "lesions": 0}
+    case_lesions: list[dict[str, Any]] = []
+    stopped = False
+    try:
+        loaded = load_case(files, **load)
+        if not loaded.lesions:
+            row["status"] = "no_lesions"
+        else:
+            session.set_volume(loaded.volume, modality=loaded.modality)
+        volume = loaded.volume
+        lesion_map = loaded.lesion_volume.array
+        targets = lesion_map > 0
+        for lesion in loaded.lesions:
+            if is_stopped(stop):
+                stopped = True
+                break
+            lesion_start = time.perf_counter()
+            truth = lesion_map == lesion.index
+            others = targets & ~truth
+            outcome = simulate_lesion(session, volume, truth, clicks,
+                                      ignore=others if others.any() else None,
+                                      nsd_tolerance_mm=nsd_tolerance_mm)
+            case_lesions.append(_lesion_row(files.case_id, lesion, volume, outcome,
+                                            time.perf_counter() - lesion_start))
+            lesion_done(case_lesions[-1])
+    except (SGPSAMError, OSError, ValueError) as exc:
+        log.warning("case %s failed: %s", files.case_id, exc)
+        row.update(status="failed", error=str(exc))
+        case_lesions = []
+    return row, case_lesions, stopped
+
+
+def _lesion_row(case_id: str, lesion: Any, volume: Volume, outcome: dict[str, Any],
+                seconds: float) -> dict[str, Any]:
+    """A lesion's row: its size, Dice after every click, Dice-AUC, NSD, the clicks."""
+    volume_ml = lesion.voxels * volume.voxel_volume_ml
+    row: dict[str, Any] = {
+        "case": case_id, "lesion": lesion.index, "label": lesion.label_value,
+        "voxels": lesion.voxels, "volume_ml": volume_ml,
+        "diameter_mm": (6.0 * volume_ml * 1000.0 / math.pi) ** (1.0 / 3.0),
+    }
+    for c, value in enumerate(outcome["dice"], start=1):
+        row[f"dice_{c}"] = value
+    row.update(dice_auc=outcome["dice_auc"], nsd=outcome["nsd"],
+               clicks_used=outcome["clicks_used"], predicted_voxels=outcome["predicted_voxels"],
+               seconds=seconds, clicks=[c.to_dict() for c in outcome["clicks"]])
+    return row
+
+
+def _summary(result: EvaluationResult, clicks: int, nsd_tolerance_mm: float) -> dict[str, Any]:
+    """The metrics over all lesions, and over lesions < 1 mL and >= 1 mL."""
     rows = result.lesions
     small = [r for r in rows if r["volume_ml"] < SMALL_LESION_ML]
     large = [r for r in rows if r["volume_ml"] >= SMALL_LESION_ML]
-    result.summary = {
+    return {
         "cases": len(result.cases),
         "cases_failed": sum(1 for r in result.cases if r["status"] == "failed"),
         **_group_summary(rows, clicks),
@@ -478,10 +527,4 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
         "small_lesion_ml": SMALL_LESION_ML,
         "small": _group_summary(small, clicks),
         "large": _group_summary(large, clicks),
-        "seconds": time.perf_counter() - start,
-        "model": info["model"], "preset": info["preset"], "device": device_name,
-        "prompt_mode": prompt_mode, "max_windows": max_windows, "data": str(data_folder),
-        "stopped": stopped,
     }
-    emit({"event": "done", **json_safe(result.summary)})
-    return result

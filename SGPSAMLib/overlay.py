@@ -632,13 +632,7 @@ def render_comparison(volume: Volume, prediction: np.ndarray, truth: np.ndarray,
     prediction = _check_mask(volume, prediction, "prediction")
     truth = _check_mask(volume, truth, "truth")
     parsed = _parse_clicks(clicks)
-    if centre_ras is not None:
-        centre = np.asarray(centre_ras, dtype=np.float64).reshape(3)
-    elif parsed:
-        centre = parsed[0][0].copy()
-    else:
-        centre = _default_centre(volume, truth if truth is not None and np.any(truth)
-                                 else prediction)
+    centre = _figure_centre(volume, centre_ras, parsed, prediction, truth)
     if isinstance(fov_mm, str) and fov_mm == "auto":
         fov_mm = _auto_fov_mm(volume, (prediction, truth), parsed, centre)
     bounds = _field_of_view(volume, centre, fov_mm)
@@ -664,6 +658,17 @@ def render_comparison(volume: Volume, prediction: np.ndarray, truth: np.ndarray,
             markers.append(ClickMarker(index, positive, row_label, view, pixel, arm))
     layout = replace(layout, markers=markers, clicks_not_shown=len(parsed) - len(shown))
     return (figure, layout) if return_layout else figure
+
+
+def _figure_centre(volume: Volume, centre_ras: Sequence[float] | None, parsed: list,
+                   prediction: np.ndarray | None, truth: np.ndarray | None) -> np.ndarray:
+    """Where the planes cross: ``centre_ras``, else the first click, else the truth's (or the
+    prediction's) most central voxel."""
+    if centre_ras is not None:
+        return np.asarray(centre_ras, dtype=np.float64).reshape(3)
+    if parsed:
+        return parsed[0][0].copy()
+    return _default_centre(volume, truth if truth is not None and np.any(truth) else prediction)
 
 
 def _draw_scale_bar(figure: np.ndarray, top: int, left: int, pixels: int, scale: int) -> None:

@@ -244,6 +244,30 @@ def read_markups(path: PathLike, lesion_name: str | None = None,
             point without a 3-number position, or a point whose label and description disagree.
     """
     p = Path(path)
+    nodes = _markups_nodes(p)
+    taken = set() if taken is None else taken
+    lesion_nodes = [node for node in nodes if isinstance(node, dict)
+                    and _node_sign(node) is not False]
+    seeds: list[Seed] = []
+    for n, node in enumerate(nodes, start=1):
+        where = f"{p} markups[{n - 1}]"
+        system, points = _checked_node(node, where)
+        shared_negative = _node_sign(node) is False
+        lesion_default = _default_lesion(node, n, lesion_name, len(lesion_nodes), taken)
+        used_default = False
+        for m, point in enumerate(points, start=1):
+            seed = _point_seed(point, m, where, p.name, system, shared_negative,
+                               lesion_default, taken)
+            if seed is not None:
+                used_default = used_default or seed.lesion == lesion_default
+                seeds.append(seed)
+        if used_default:
+            taken.add(lesion_default)
+    return seeds
+
+
+def _markups_nodes(p: Path) -> list:
+    """The ``markups`` list of a markups file (decoded as seed files are)."""
     text = _decode_seed_file(p, "markups file")
     try:
         document = json.loads(text)
@@ -254,73 +278,77 @@ def read_markups(path: PathLike, lesion_name: str | None = None,
     if not isinstance(nodes, list):
         raise SeedFileError(f"{p}: no 'markups' list; expected a Slicer markups file (.mrk.json) "
                             "as written by Slicer's Markups module")
-    taken = set() if taken is None else taken
-    lesion_nodes = [node for node in nodes if isinstance(node, dict)
-                    and _node_sign(node) is not False]
-    seeds: list[Seed] = []
-    for n, node in enumerate(nodes, start=1):
-        where = f"{p} markups[{n - 1}]"
-        if not isinstance(node, dict):
-            raise SeedFileError(f"{where}: expected an object, got {type(node).__name__}")
-        system = str(node.get("coordinateSystem", "LPS")).strip().upper()
-        if system not in SPACES:
-            raise SeedFileError(f"{where}: coordinateSystem {node.get('coordinateSystem')!r}; "
-                                "expected 'LPS' or 'RAS'")
-        if not _units_are_mm(node.get("coordinateUnits")):
-            raise SeedFileError(f"{where}: coordinateUnits {node.get('coordinateUnits')!r}; "
-                                "only millimetres (mm) are supported")
-        shared_negative = _node_sign(node) is False
-        if lesion_name:
-            base = lesion_name if len(lesion_nodes) <= 1 else f"{lesion_name}_{n}"
-        else:
-            base = str(node.get("name") or "").strip() or f"lesion_{n}"
-        lesion_default = base
-        suffix = 2
-        while lesion_default in taken:
-            lesion_default, suffix = f"{base}_{suffix}", suffix + 1
-        used_default = False
-        points = node.get("controlPoints", [])
-        if not isinstance(points, list):
-            raise SeedFileError(f"{where}: 'controlPoints' must be a list")
-        for m, point in enumerate(points, start=1):
-            if not isinstance(point, dict):
-                raise SeedFileError(f"{where} control point {m}: expected an object")
-            label = str(point.get("label") or "")
-            description = str(point.get("description") or "")
-            source = f"{p.name} point {label or m!r}" if label else f"{p.name} point {m}"
-            status = str(point.get("positionStatus", "defined")).strip().lower()
-            if status != "defined":
-                log.info("%s: skipped (positionStatus %s)", source, status)
-                continue
-            position = point.get("position")
-            try:
-                xyz = np.array(position, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError):
-                xyz = np.empty(0)
-            if xyz.shape != (3,) or not np.all(np.isfinite(xyz)):
-                raise SeedFileError(f"{where} control point {label or m}: position {position!r}; "
-                                    "expected 3 finite numbers")
-            try:
-                sign = parse_sign(label, description)
-            except ValueError as exc:
-                raise SeedFileError(f"{where} control point {label or m}: label/description "
-                                    f"{exc}") from None
-            token = _lesion_token(label, description)
-            if shared_negative and token is None:
-                positive = False if sign is None else sign
-                lesion = "" if not positive else lesion_default
-            else:
-                positive = True if sign is None else sign
-                lesion = token or lesion_default
-            if lesion == lesion_default:
-                used_default = True
-            if token:
-                taken.add(token)
-            ras = lps_to_ras(xyz) if system == "LPS" else xyz
-            seeds.append(Seed(ras, positive, lesion, source))
-        if used_default:
-            taken.add(lesion_default)
-    return seeds
+    return nodes
+
+
+def _checked_node(node: Any, where: str) -> tuple[str, list]:
+    """(coordinate system, control points) of a markups node, or SeedFileError."""
+    if not isinstance(node, dict):
+        raise SeedFileError(f"{where}: expected an object, got {type(node).__name__}")
+    system = str(node.get("coordinateSystem", "LPS")).strip().upper()
+    if system not in SPACES:
+        raise SeedFileError(f"{where}: coordinateSystem {node.get('coordinateSystem')!r}; "
+                            "expected 'LPS' or 'RAS'")
+    if not _units_are_mm(node.get("coordinateUnits")):
+        raise SeedFileError(f"{where}: coordinateUnits {node.get('coordinateUnits')!r}; "
+                            "only millimetres (mm) are supported")
+    points = node.get("controlPoints", [])
+    if not isinstance(points, list):
+        raise SeedFileError(f"{where}: 'controlPoints' must be a list")
+    return system, points
+
+
+def _default_lesion(node: dict, n: int, lesion_name: str | None, lesion_nodes: int,
+                    taken: set[str]) -> str:
+    """The lesion of node ``n``'s points: ``lesion_name`` (numbered when the file has several
+    lesion nodes) or the node's name, made unique among the names ``taken``."""
+    if lesion_name:
+        base = lesion_name if lesion_nodes <= 1 else f"{lesion_name}_{n}"
+    else:
+        base = str(node.get("name") or "").strip() or f"lesion_{n}"
+    lesion_default = base
+    suffix = 2
+    while lesion_default in taken:
+        lesion_default, suffix = f"{base}_{suffix}", suffix + 1
+    return lesion_default
+
+
+def _point_seed(point: Any, m: int, where: str, file_name: str, system: str,
+                shared_negative: bool, lesion_default: str, taken: set[str]) -> Seed | None:
+    """Control point ``m`` of a node as a seed (None: not placed), or SeedFileError."""
+    if not isinstance(point, dict):
+        raise SeedFileError(f"{where} control point {m}: expected an object")
+    label = str(point.get("label") or "")
+    description = str(point.get("description") or "")
+    source = f"{file_name} point {label or m!r}" if label else f"{file_name} point {m}"
+    status = str(point.get("positionStatus", "defined")).strip().lower()
+    if status != "defined":
+        log.info("%s: skipped (positionStatus %s)", source, status)
+        return None
+    position = point.get("position")
+    try:
+        xyz = np.array(position, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        xyz = np.empty(0)
+    if xyz.shape != (3,) or not np.all(np.isfinite(xyz)):
+        raise SeedFileError(f"{where} control point {label or m}: position {position!r}; "
+                            "expected 3 finite numbers")
+    try:
+        sign = parse_sign(label, description)
+    except ValueError as exc:
+        raise SeedFileError(f"{where} control point {label or m}: label/description "
+                            f"{exc}") from None
+    token = _lesion_token(label, description)
+    if shared_negative and token is None:
+        positive = False if sign is None else sign
+        lesion = "" if not positive else lesion_default
+    else:
+        positive = True if sign is None else sign
+        lesion = token or lesion_default
+    if token:
+        taken.add(token)
+    ras = lps_to_ras(xyz) if system == "LPS" else xyz
+    return Seed(ras, positive, lesion, source)
 
 
 def _node_sign(node: dict) -> bool | None:

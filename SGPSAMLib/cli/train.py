@@ -59,6 +59,16 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                     "simulated clicks. Writes OUT/last.pt, OUT/best.pt (best validation Dice) "
                     "and OUT/state.pt (for --resume).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _recipe_options(parser)
+    _interaction_options(parser.add_argument)
+    _data_options(parser.add_argument)
+    _machine_options(parser.add_argument)
+    add_stop_file_option(parser)
+    parser.set_defaults(handler=_train)
+
+
+def _recipe_options(parser: argparse.ArgumentParser) -> None:
+    """Data and output folders, the recipe, the starting model and the schedule."""
     add = parser.add_argument
     add("--data", required=True, metavar="DIR", help="folder of image/label pairs")
     add("--out", required=True, metavar="DIR", help="output folder (created if missing)")
@@ -87,6 +97,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--grad-clip", type=float, help="max gradient norm, 0 = off (default 1.0)")
     add("--amp", choices=AMP_MODES,
         help="mixed precision on CUDA (default auto: bf16, else fp16); never on CPU")
+
+
+def _interaction_options(add: Any) -> None:
+    """How clicks are simulated in training."""
     add("--click-iters", type=int, metavar="N",
         help="decoder iterations per batch (default 11 on CUDA as SAM-Med3D, 5 on CPU)")
     add("--no-random-insert", dest="random_insert", action="store_const", const=False,
@@ -108,6 +122,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--jitter-fraction", type=float, metavar="F",
         help="share of crops shifted by --jitter-mm; the rest are centred on the first click "
              "(default 1)")
+
+
+def _data_options(add: Any) -> None:
+    """Which lesions train, augmentation, and validation."""
     add("--labels", metavar="V,V", help="label values to train on (default: all non-zero)")
     add("--lesion-unit", choices=LESION_UNITS,
         help="a lesion is a connected component (default) or a whole label value")
@@ -126,6 +144,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--checkpoint-every", type=int, metavar="STEPS",
         help="write last.pt/state.pt every STEPS (default: --val-every)")
     add("--log-every", type=int, metavar="STEPS", help="progress record every STEPS (default 1)")
+
+
+def _machine_options(add: Any) -> None:
+    """Seed, device, workers, resume and the progress protocol."""
     add("--seed", type=int, help="random seed (default 0)")
     add("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     add("--num-workers", type=int, metavar="N",
@@ -137,8 +159,6 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--json-progress", action="store_true",
         help="print one JSON record per line on stdout (start, progress, checkpoint, done, "
              "error)")
-    add_stop_file_option(parser)
-    parser.set_defaults(handler=_train)
 
 
 def _resolve_init(spec: str) -> str:
