@@ -77,9 +77,6 @@ class BatchPanel:
         """After each poll: bar, status line and buttons."""
         tab = self.logic.batch
         if tab.job is not None:
-            self.ui.batchProgressBar.setValue(int(round(100 * tab.fraction)))
-            text = tab.status_text
-            if tab.error_message:
-                text += "\n" + tab.error_message
-            self.ui.batchStatusLabel.setText(text)
+            self.ui.batchProgressBar.setValue(tab.percent)
+            self.ui.batchStatusLabel.setText(tab.display_text)
         self.updateForm()

@@ -84,11 +84,8 @@ class TrainingPanel:
         """After each poll: bar, status, gate rates, chart and buttons."""
         tab = self.logic.training
         if tab.job is not None:
-            self.ui.trainProgressBar.setValue(int(round(100 * tab.fraction)))
-            text = tab.status_text
-            if tab.error_message:
-                text += "\n" + tab.error_message
-            self.ui.trainStatusLabel.setText(text)
+            self.ui.trainProgressBar.setValue(tab.percent)
+            self.ui.trainStatusLabel.setText(tab.display_text)
         self.ui.trainGateRatesLabel.setText(tab.gate_rates_text())
         if self.plot is not None:
             self.plot.update(tab.loss_series, tab.val_series)

@@ -452,6 +452,17 @@ class JobTab:
         return self.job.error_message if self.job is not None else ""
 
     @property
+    def percent(self) -> int:
+        """The progress bar's value, 0..100."""
+        return int(round(100 * self.fraction))
+
+    @property
+    def display_text(self) -> str:
+        """The tab's status line, and the error message under it when the job failed."""
+        text = self.status_text
+        return text + "\n" + self.error_message if self.error_message else text
+
+    @property
     def summary(self) -> dict | None:
         return self.job.summary if self.job is not None else None
 

@@ -11,17 +11,8 @@ import shlex
 import sys
 from typing import Any
 
+from .. import options
 from ..job import ProgressLines, add_stop_file_option, print_record, report_errors, stop_requests
-from ..options import (
-    AMP_MODES,
-    CLICK_MODES,
-    GATE_MODES,
-    LESION_UNITS,
-    LOSSES,
-    MODALITIES,
-    PROMPT_MODES,
-    TRAIN_MODES,
-)
 from .common import note
 
 __all__ = ["register"]
@@ -75,14 +66,14 @@ def _recipe_options(parser: argparse.ArgumentParser) -> None:
     add("--recipe", metavar="NAME",
         help="start from a named recipe's options (demo: the bundled model's); flags given "
              "explicitly override it")
-    add("--mode", choices=TRAIN_MODES, help="training recipe (default: sgp)")
+    add("--mode", choices=options.TRAIN_MODES, help="training recipe (default: sgp)")
     add("--init", metavar="CKPT",
         help="start from this checkpoint (file, or a known model name such as "
              "sam_med3d_turbo); default: random init of --preset")
     add("--preset", help="architecture for random init (default sgp_sam; demo, tiny, "
                          "sam_med3d) or for an --init file without a stored config")
-    add("--loss", choices=LOSSES, help="override the mode's loss")
-    add("--gate-mode", choices=GATE_MODES,
+    add("--loss", choices=options.LOSSES, help="override the mode's loss")
+    add("--gate-mode", choices=options.GATE_MODES,
         help="override the SGPM gate (ablation)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default 1000)")
@@ -95,7 +86,7 @@ def _recipe_options(parser: argparse.ArgumentParser) -> None:
     add("--warmup", type=int, metavar="STEPS",
         help="linear warm-up steps before the cosine decay (default 5%% of the run, <= 200)")
     add("--grad-clip", type=float, help="max gradient norm, 0 = off (default 1.0)")
-    add("--amp", choices=AMP_MODES,
+    add("--amp", choices=options.AMP_MODES,
         help="mixed precision on CUDA (default auto: bf16, else fp16); never on CPU")
 
 
@@ -106,12 +97,12 @@ def _interaction_options(add: Any) -> None:
     add("--no-random-insert", dest="random_insert", action="store_const", const=False,
         help="no point-free iterations (SAM-Med3D feeds only the mask at one random middle "
              "iteration and the last)")
-    add("--prompt-mode", choices=PROMPT_MODES,
+    add("--prompt-mode", choices=options.PROMPT_MODES,
         help="clicks given per iteration (default latest, as the interactive session)")
     add("--rollout", action="store_const", const=True,
         help="RITM schedule: train the first and the last round, play a random number of "
              "rounds between without gradient (cheaper; learns to correct its own mistakes)")
-    add("--click-mode", choices=CLICK_MODES,
+    add("--click-mode", choices=options.CLICK_MODES,
         help="corrective clicks: a random error voxel (uniform, SAM-Med3D; default), the "
              "interior of the largest error region (center, as sgpsam evaluate) or both (mixed)")
     add("--coarse-weight", type=float, metavar="W",
@@ -127,14 +118,14 @@ def _interaction_options(add: Any) -> None:
 def _data_options(add: Any) -> None:
     """Which lesions train, augmentation, and validation."""
     add("--labels", metavar="V,V", help="label values to train on (default: all non-zero)")
-    add("--lesion-unit", choices=LESION_UNITS,
+    add("--lesion-unit", choices=options.LESION_UNITS,
         help="a lesion is a connected component (default) or a whole label value")
     add("--min-lesion-voxels", type=int, metavar="N", help="ignore smaller lesions (default 8)")
     add("--jitter-mm", type=float, help="random shift of the crop centre per axis (default 12)")
     add("--no-flip", dest="flip", action="store_const", const=False, help="no random flips")
     add("--no-intensity-aug", dest="intensity_aug", action="store_const", const=False,
         help="no intensity augmentation")
-    add("--modality", choices=MODALITIES, help="intensity normalisation (default auto)")
+    add("--modality", choices=options.MODALITIES, help="intensity normalisation (default auto)")
     add("--val-fraction", type=float, metavar="F",
         help="fraction of cases held out for validation (default 0.2)")
     add("--val-cases", metavar="ID,ID", help="explicit validation case ids instead")

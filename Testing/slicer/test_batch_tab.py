@@ -144,6 +144,7 @@ def test_table_follows_the_child(form: BatchParams) -> None:
     assert row.has_result and row.cells() == ("a", "ok", "2", "1.23", "4.2", "")
     assert logic.fraction == pytest.approx(1 / 3)
     assert logic.status_text == "case 2/3: b (seeds), 9 s left"
+    assert logic.percent == 33 and logic.display_text == logic.status_text  # what the panel shows
     logic.poll()
     assert logic.rows[1].cells() == ("b", "no_seeds", "", "", "1.5",
                                      "no <case>.mrk.json next to the image")
@@ -193,6 +194,7 @@ def test_crash_fails_the_run_with_the_error_output(form: BatchParams) -> None:
         logic.poll()
     assert logic.state is JobState.FAILED
     assert logic.error_message.startswith("Batch ran out of memory")
+    assert logic.display_text == f"{logic.status_text}\n{logic.error_message}"
     assert logic.error_message.endswith("loading model...")
     assert logic.rows[0].status == "failed"
     assert logic.rows[0].error == "not finished (the batch process ended)"
