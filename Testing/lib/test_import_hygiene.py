@@ -35,13 +35,19 @@ def test_forbidden_predicate() -> None:
     assert not _forbidden("SGPSAMLib.session") and not _forbidden("torch")
 
 
-def test_importing_every_submodule_loads_no_slicer_module() -> None:
+def _fresh_python(code: str) -> dict:
+    """Run ``code`` in a new interpreter (this checkout first on the path) -> its last line,
+    parsed as JSON."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    result = subprocess.run([sys.executable, "-c", _IMPORT_ALL], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_importing_every_submodule_loads_no_slicer_module() -> None:
+    report = _fresh_python(_IMPORT_ALL)
     assert "SGPSAMLib.cli" in report["modules"] and "SGPSAMLib.losses" in report["modules"]
     assert [name for name in report["loaded"] if _forbidden(name)] == []
 
@@ -77,10 +83,4 @@ def test_vocabulary_boxes_job_and_presets_are_light_and_evaluation_needs_no_trai
     """The modules the parser and the Slicer module import first pull in no torch, numpy or
     SimpleITK; the case reader shared by evaluation and training imports neither training nor
     MONAI (evaluation used to import training.data, and with it the trainer)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    result = subprocess.run([sys.executable, "-c", _LAYERS], capture_output=True, text=True,
-                            env=env, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"light": [], "training": []}
+    assert _fresh_python(_LAYERS) == {"light": [], "training": []}
