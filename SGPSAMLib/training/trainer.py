@@ -190,6 +190,7 @@ class _Run:
         self.last_path = self.out / "last.pt"
         self.best_path = self.out / "best.pt"
         self.state_path = self.out / "state.pt"
+        self.curve_path = self.out / "training_curve.png"
 
     # -- reporting --------------------------------------------------------------------------
     def emit(self, record: dict) -> None:
@@ -409,7 +410,8 @@ class _Run:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         with FolderLock(self.out, ".sgpsam_train.lock", "training run"):
-            remove_stale_temporaries([self.last_path, self.best_path, self.state_path])
+            remove_stale_temporaries([self.last_path, self.best_path, self.state_path,
+                                      self.curve_path])
             yield
 
     # -- main -------------------------------------------------------------------------------
@@ -632,11 +634,11 @@ class _Run:
                 validated = True
             if step % self.config.log_every == 0 or step == self.total_steps or validated:
                 self._emit_progress(model, loop, lr, elapsed)
-            if validated:
-                self._plot()
             if step % self.ckpt_every == 0 and step < self.total_steps:
                 self._checkpoint(step)
                 loop.saved_at = step
+            if validated:  # after the checkpoint files: a kill while drawing costs nothing
+                self._plot()
         return loop
 
     def _step(self, wrapped: nn.Module, params: list, batches, step: int) -> tuple[float, float]:
@@ -726,7 +728,7 @@ class _Run:
         from ..plots import PlotUnavailable, write_training_curve
 
         try:
-            write_training_curve(self.history, self.out / "training_curve.png",
+            write_training_curve(self.history, self.curve_path,
                                  val_clicks=self.config.val_clicks)
         except PlotUnavailable as exc:
             self._plot_unavailable = True
