@@ -1,4 +1,5 @@
-"""Full-resolution refinement head: image-guided upsampling of the decoder's coarse logits.
+"""Full-resolution refinement head: the mask at the crop's own resolution, from the image, the
+clicks and the decoder's coarse answer.
 
 Why: SAM-Med3D's mask decoder answers at a quarter of the crop's resolution (6 mm cells for its
 128^3 crop, 3 mm for the demo's 64^3) and sees a click only as one sparse token. A 5-10 mm
@@ -7,15 +8,15 @@ easily ignored. Interactive systems that follow clicks well (nnInteractive, Deep
 PRISM's refine net) give the clicks and the previous mask to a convolutional network as
 full-resolution input channels. This head does that on top of the SAM path:
 
-    logits = upsample(coarse) + head(image, upsample(coarse), +clicks, -clicks, previous mask,
-                                     image embedding)
+    logits = head(image, image - tissue under the positive clicks, sigmoid(upsample(coarse)),
+                  +clicks, -clicks, previous mask; image embedding at its deepest level)
 
-at the crop's own resolution. It is a small U-Net run on a space-to-depth view of the crop
-(every 2x2x2 block of voxels becomes 8 channels of one cell, a lossless rearrangement), so its
-convolutions work at half the crop's resolution where they are cheap on a CPU, and its output
-is rearranged back to full resolution the same way. The output convolution is zero-initialised:
-an untrained head returns the upsampled coarse logits unchanged. Models without it (the
-SAM-Med3D presets) have no such parameters at all, so official checkpoints stay exact.
+It is a small U-Net run on a space-to-depth view of the crop (every 2x2x2 block of voxels
+becomes 8 channels of one cell, a lossless rearrangement), so its convolutions work at half the
+crop's resolution where they are cheap on a CPU, and its output is rearranged back to full
+resolution the same way. The decoder keeps its own low-res answer (trained beside the head's,
+and the only answer of models without a head). Models without it (the SAM-Med3D presets) have
+no such parameters at all, so official checkpoints load and compute exactly as before.
 """
 from __future__ import annotations
 
@@ -23,10 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MaskRefiner3D", "render_click_maps", "space_to_depth", "depth_to_space"]
+__all__ = ["MaskRefiner3D", "render_click_maps", "space_to_depth", "depth_to_space",
+           "HEAD_PRIOR_LOGIT"]
 
-#: Input channels at full resolution: image, coarse probability, +clicks, -clicks, previous.
-_INPUTS = 5
+#: Initial bias of the head's output: logit of a 2 % foreground prior.
+HEAD_PRIOR_LOGIT = -4.0
+
+#: Input channels at full resolution: image, its difference to the tissue under the positive
+#: clicks, coarse probability, +clicks, -clicks, previous.
+_INPUTS = 6
 
 
 def space_to_depth(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
@@ -93,6 +99,19 @@ class Conv3d(nn.Conv3d):
                                             self.padding, self.stride, self.dilation,
                                             self.groups)
         return super().forward(x)
+
+
+def _click_contrast(image: torch.Tensor, click_maps: torch.Tensor) -> torch.Tensor:
+    """The image minus the mean intensity under the positive click bumps (0 without one).
+
+    Tells every voxel at once how much it differs from the tissue the user clicked, a value a
+    convolutional network could otherwise only carry across the crop through its receptive
+    field; lesions are mostly regions of similar intensity around the click.
+    """
+    weight = click_maps[:, :1]
+    total = weight.sum(dim=(2, 3, 4), keepdim=True)
+    mean = (weight * image).sum(dim=(2, 3, 4), keepdim=True) / total.clamp(min=1e-6)
+    return (image - mean) * (total > 1e-6)
 
 
 def _groups(channels: int) -> int:
@@ -175,10 +194,11 @@ class MaskRefiner3D(nn.Module):
         self.up = nn.ModuleList(_Merge(channels[i + 1], channels[i])
                                 for i in range(len(channels) - 1))
         self.head = Conv3d(channels[0], 8, 1)
-        import os  # EXPERIMENT
-        if not os.environ.get("SGPSAM_EXP_HEAD_INIT"):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        # Small weights and a background prior (p = 0.02): training starts from "nothing
+        # here" with live gradients everywhere, instead of spending its first hundred steps
+        # learning that most voxels are background (Lin et al. 2017, focal loss's prior init).
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.constant_(self.head.bias, HEAD_PRIOR_LOGIT)
 
     def forward(self, image: torch.Tensor, coarse: torch.Tensor, click_maps: torch.Tensor,
                 previous: torch.Tensor | None, embedding: torch.Tensor) -> torch.Tensor:
@@ -196,11 +216,8 @@ class MaskRefiner3D(nn.Module):
         up = F.interpolate(coarse.float(), size=(size,) * 3, mode="trilinear",
                            align_corners=False)
         prior = torch.zeros_like(up) if previous is None else torch.sigmoid(previous.float())
-        coarse_in = torch.sigmoid(up)
-        import os  # EXPERIMENT
-        if os.environ.get("SGPSAM_EXP_NO_COARSE_INPUT"):
-            coarse_in = torch.zeros_like(up)
-        x = torch.cat([image.float(), coarse_in, click_maps.float(), prior], dim=1)
+        x = torch.cat([image.float(), _click_contrast(image.float(), click_maps.float()),
+                       torch.sigmoid(up), click_maps.float(), prior], dim=1)
         x = space_to_depth(x)
         skips = []
         for stage in self.down:
@@ -215,7 +232,4 @@ class MaskRefiner3D(nn.Module):
         x = x + self.context(context)
         for i in reversed(range(len(self.up))):
             x = self.up[i](x, skips[i])
-        import os  # EXPERIMENT
-        if os.environ.get("SGPSAM_EXP_NO_RESIDUAL"):
-            return depth_to_space(self.head(x))
-        return up + depth_to_space(self.head(x))
+        return depth_to_space(self.head(x))

@@ -666,8 +666,10 @@ class _Run:
             micro_losses.append(float(parts.mean()))
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for _, p in params], config.grad_clip)
+        # The norm before clipping is kept for the progress record: a run clipped at every
+        # step learns at a fraction of its nominal learning rate.
+        self.metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+            [p for _, p in params], config.grad_clip if config.grad_clip > 0 else float("inf")))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -694,7 +696,7 @@ class _Run:
             "val_dice_large": self.metrics.get("val_dice_large"),
             "val_step": self.metrics.get("val_step"),
             "gate_rates": gates, "eta_s": round(mean_time * (total - step), 1),
-            "step_s": round(elapsed, 4),
+            "step_s": round(elapsed, 4), "grad_norm": round(self.metrics["grad_norm"], 4),
         })
         loop.recent_loss = []
 
