@@ -14,10 +14,13 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
+from .options import LOSSES
+
 __all__ = ["ZoomLoss", "make_loss", "LOSS_NAMES", "REDUCTIONS"]
 
 REDUCTIONS = ("mean", "sum", "none")
-LOSS_NAMES = ("zoom", "dicece")
+#: The loss names :func:`make_loss` accepts (the option vocabulary's).
+LOSS_NAMES = LOSSES
 
 # Floor of log(p) for probability inputs, as torch.nn.BCELoss does, so p == 0 gives a finite loss.
 _LOG_FLOOR = -100.0

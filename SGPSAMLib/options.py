@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from .errors import SGPSAMError
 
 __all__ = ["OptionError", "look_up_option", "nearest_option", "MODALITIES", "IMAGE_MODALITIES",
-           "SYNTH_MODALITIES", "PROMPT_MODES", "GATE_MODES", "TRAIN_MODES", "LOSSES",
+           "SYNTH_MODALITIES", "SYNTH_APPEARANCES", "PROMPT_MODES", "GATE_MODES", "TRAIN_MODES",
+           "LOSSES",
            "CLICK_MODES", "AMP_MODES", "LESION_UNITS", "COORDINATE_SPACES", "OUTPUT_FORMATS",
            "IMAGE_SUFFIXES", "WRITE_SUFFIXES"]
 
@@ -28,6 +29,8 @@ IMAGE_MODALITIES = ("CT", "MR")
 MODALITIES = ("auto", *IMAGE_MODALITIES)
 #: Synthetic cases (``sgpsam synth``, ``demo``): "random" draws CT or MR from the seed.
 SYNTH_MODALITIES = (*IMAGE_MODALITIES, "random")
+#: Synthetic lesions' looks: one contrast with light texture, or the varied kinds.
+SYNTH_APPEARANCES = ("plain", "varied")
 #: What the model sees at a click: the newest click + previous logits, or every click so far.
 PROMPT_MODES = ("latest", "cumulative")
 #: The SGPM gate: learned, or forced on / off (ablations).

@@ -43,6 +43,7 @@ import numpy as np
 
 from .errors import VolumeError
 from .geometry import Volume, array_index_to_ijk
+from .options import SYNTH_APPEARANCES, SYNTH_MODALITIES, look_up_option
 
 __all__ = [
     "LesionSpec",
@@ -68,7 +69,8 @@ DEFAULT_SHAPE = (96, 96, 64)
 DEMO_SEED_BASE = 10_000
 #: First seed of held-out evaluation sets (benchmarks).
 EVAL_SEED_BASE = 20_000
-MODALITIES = ("CT", "MR", "random")
+#: The modality choices of :func:`make_case` (the vocabulary's; kept here for callers).
+MODALITIES = SYNTH_MODALITIES
 
 _INPLANE_MM = (0.7, 1.0)
 _SLICE_MM = (1.5, 5.0)
@@ -79,7 +81,7 @@ _EDGE_MM = 0.6  # half-width of the partial-volume edge
 _PLACEMENT_TRIES = 40
 _SHRINK = 0.85
 #: ``make_case(appearance=...)``.
-APPEARANCES = ("plain", "varied")
+APPEARANCES = SYNTH_APPEARANCES
 #: Lesion kinds of ``appearance="varied"`` and how often each is drawn.
 LESION_KINDS = ("plain", "rim", "mottled", "subtle")
 _KIND_WEIGHTS = (0.35, 0.25, 0.2, 0.2)
@@ -137,10 +139,6 @@ class SyntheticCase:
     seed: int = 0
     noise_sigma: float = 0.0
     parameters: dict[str, Any] = field(default_factory=dict)
-
-    def lesion_mask(self, label: int) -> np.ndarray:
-        """Bool (K, J, I) mask of one lesion."""
-        return self.label == label
 
 
 def equivalent_diameter_mm(voxels: int, voxel_volume_mm3: float) -> float:
@@ -482,35 +480,16 @@ def _parse_triplet(value: Sequence[float] | None, name: str, integer: bool
     return arr
 
 
-def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None = None,
-              spacing: Sequence[float] | None = None, n_lesions: int | None = None,
-              diameter_mm: tuple[float, float] = (3.0, 40.0), oblique: bool = True,
-              appearance: str = "plain") -> SyntheticCase:
-    """One synthetic case, identical for identical arguments.
-
-    Args:
-        seed: any int >= 0; see the module docstring for the seed ranges in use.
-        modality: "CT", "MR" or "random" (drawn from the seed).
-        shape: (I, J, K) voxels; default :data:`DEFAULT_SHAPE`.
-        spacing: (x, y, z) mm; default in-plane 0.7-1.0 mm, slices 1.5-5 mm (drawn).
-        n_lesions: 1..255; default 1-3 (drawn).
-        diameter_mm: (min, max) equivalent diameter of each lesion, drawn log-uniformly. A lesion
-            that cannot fit in the body shrinks (logged) until it does.
-        oblique: rotate the direction matrix by a random 5-35 degrees.
-        appearance: "plain" (every lesion a blob of one contrast with light texture) or
-            "varied" (each lesion drawn from the kinds of :data:`LESION_KINDS`: plain, a
-            rim-enhancing lesion with a necrotic core, a mottled one, a subtle one that differs
-            from its surroundings more by texture than by mean, all with a partial-volume edge
-            of random width). "varied" draws from a second random stream, so a "plain" case is
-            the same whatever this option's existence (held-out sets stay what they were).
-
-    Raises:
-        VolumeError: invalid arguments.
-    """
+def _checked_arguments(seed: Any, modality: Any, shape: Any, spacing: Any, n_lesions: Any,
+                       diameter_mm: Any, appearance: Any
+                       ) -> tuple[str, np.ndarray | None, np.ndarray | None, float, float]:
+    """:func:`make_case`'s arguments checked -> (modality, shape, spacing, d_min, d_max)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise VolumeError(f"seed must be an int >= 0; got {seed!r}")
-    if not isinstance(modality, str) or modality.upper() not in ("CT", "MR", "RANDOM"):
+    if not isinstance(modality, str):
         raise VolumeError(f"modality must be one of {MODALITIES}; got {modality!r}")
+    modality = look_up_option(modality, MODALITIES, "modality", case_sensitive=False,
+                              error=VolumeError)
     shape_ijk = _parse_triplet(shape, "shape", integer=True)
     spacing_xyz = _parse_triplet(spacing, "spacing", integer=False)
     try:
@@ -525,33 +504,20 @@ def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None =
             n_lesions, (int, np.integer)) or not 1 <= n_lesions <= _MAX_LESIONS):
         raise VolumeError(f"n_lesions must be an int in 1..{_MAX_LESIONS}; got {n_lesions!r}")
 
-    rng = np.random.default_rng(int(seed))
-    varied = np.random.default_rng([int(seed), _VARIED_STREAM]) if appearance == "varied" \
-        else None
-    modality = modality.upper()
-    if modality == "RANDOM":
-        modality = "CT" if rng.random() < 0.5 else "MR"
-    if shape_ijk is None:
-        shape_ijk = np.array(DEFAULT_SHAPE)
-    if spacing_xyz is None:
-        inplane = rng.uniform(*_INPLANE_MM)
-        spacing_xyz = np.array([inplane, inplane, rng.uniform(*_SLICE_MM)])
-    else:
-        rng.uniform(size=2)  # keep the later draws independent of whether spacing was given
-    count = int(n_lesions) if n_lesions is not None else int(rng.integers(1, 4))
-    direction = _direction(rng, oblique)
-    centre_ras = rng.uniform(-120.0, 120.0, 3)
-    matrix = np.eye(4)
-    matrix[:3, :3] = direction * spacing_xyz
-    matrix[:3, 3] = centre_ras - matrix[:3, :3] @ ((shape_ijk - 1) / 2.0)
+    return modality, shape_ijk, spacing_xyz, d_lo, d_hi
 
-    shape_kji = (int(shape_ijk[2]), int(shape_ijk[1]), int(shape_ijk[0]))
+
+def _add_lesions(rng: np.random.Generator, varied: np.random.Generator | None, seed: int,
+                 count: int, d_lo: float, d_hi: float, image: np.ndarray, anatomy: _Anatomy,
+                 levels: dict[str, float], modality: str, spacing_xyz: np.ndarray,
+                 matrix: np.ndarray) -> tuple[np.ndarray, list[LesionSpec], list[str]]:
+    """Place up to ``count`` lesions into ``image`` (in place) -> (label, lesions, kinds).
+
+    Each lesion replaces the tissue it lands on, with a partial-volume edge; one that does not
+    fit shrinks towards ``d_lo`` and, failing that, ends the list (logged).
+    """
     spacing_kji = spacing_xyz[::-1].copy()
-    levels = _tissue_levels(rng, modality)
-    anatomy = _Anatomy(rng, shape_kji, spacing_kji)
-    image = anatomy.image(rng, levels, shape_kji, spacing_kji)
-
-    label = np.zeros(shape_kji, dtype=np.uint8)
+    label = np.zeros(image.shape, dtype=np.uint8)
     voxel_mm3 = float(np.prod(spacing_xyz))
     lesions: list[LesionSpec] = []
     kinds: list[str] = []
@@ -607,12 +573,13 @@ def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None =
             volume_ml=voxels * voxel_mm3 / 1000.0, contrast=contrast, voxels=voxels,
             target_diameter_mm=float(target_d)))
 
-    if not lesions:
-        raise VolumeError(f"seed {seed}: no lesion of diameter >= {d_lo} mm fits in a grid of "
-                          f"shape {tuple(int(v) for v in shape_ijk)} at spacing "
-                          f"{tuple(round(float(v), 2) for v in spacing_xyz)} mm; use a larger "
-                          "shape or smaller diameter_mm")
-    sigma = float(levels["noise"])
+    return label, lesions, kinds
+
+
+def _acquire(rng: np.random.Generator, image: np.ndarray, modality: str, sigma: float,
+             spacing_kji: np.ndarray) -> np.ndarray:
+    """The scanner's side: CT noise and HU rounding, or an MR bias field and Rician noise."""
+    shape_kji = image.shape
     if modality == "CT":
         image += rng.normal(0.0, sigma, shape_kji).astype(np.float32)
         array = np.clip(np.round(image), -1024, 3071).astype(np.int16)
@@ -622,6 +589,71 @@ def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None =
         real = image + rng.normal(0.0, sigma, shape_kji).astype(np.float32)
         imag = rng.normal(0.0, sigma, shape_kji).astype(np.float32)
         array = np.sqrt(real * real + imag * imag).astype(np.float32)
+    return array
+
+
+def make_case(seed: int, modality: str = "random", shape: Sequence[int] | None = None,
+              spacing: Sequence[float] | None = None, n_lesions: int | None = None,
+              diameter_mm: tuple[float, float] = (3.0, 40.0), oblique: bool = True,
+              appearance: str = "plain") -> SyntheticCase:
+    """One synthetic case, identical for identical arguments.
+
+    Args:
+        seed: any int >= 0; see the module docstring for the seed ranges in use.
+        modality: "CT", "MR" or "random" (drawn from the seed).
+        shape: (I, J, K) voxels; default :data:`DEFAULT_SHAPE`.
+        spacing: (x, y, z) mm; default in-plane 0.7-1.0 mm, slices 1.5-5 mm (drawn).
+        n_lesions: 1..255; default 1-3 (drawn).
+        diameter_mm: (min, max) equivalent diameter of each lesion, drawn log-uniformly. A lesion
+            that cannot fit in the body shrinks (logged) until it does.
+        oblique: rotate the direction matrix by a random 5-35 degrees.
+        appearance: "plain" (every lesion a blob of one contrast with light texture) or
+            "varied" (each lesion drawn from the kinds of :data:`LESION_KINDS`: plain, a
+            rim-enhancing lesion with a necrotic core, a mottled one, a subtle one that differs
+            from its surroundings more by texture than by mean, all with a partial-volume edge
+            of random width). "varied" draws from a second random stream, so a "plain" case is
+            the same whatever this option's existence (held-out sets stay what they were).
+
+    Raises:
+        VolumeError: invalid arguments.
+    """
+    modality, shape_ijk, spacing_xyz, d_lo, d_hi = _checked_arguments(
+        seed, modality, shape, spacing, n_lesions, diameter_mm, appearance)
+    rng = np.random.default_rng(int(seed))
+    varied = np.random.default_rng([int(seed), _VARIED_STREAM]) if appearance == "varied" \
+        else None
+    modality = modality.upper()
+    if modality == "RANDOM":
+        modality = "CT" if rng.random() < 0.5 else "MR"
+    if shape_ijk is None:
+        shape_ijk = np.array(DEFAULT_SHAPE)
+    if spacing_xyz is None:
+        inplane = rng.uniform(*_INPLANE_MM)
+        spacing_xyz = np.array([inplane, inplane, rng.uniform(*_SLICE_MM)])
+    else:
+        rng.uniform(size=2)  # keep the later draws independent of whether spacing was given
+    count = int(n_lesions) if n_lesions is not None else int(rng.integers(1, 4))
+    direction = _direction(rng, oblique)
+    centre_ras = rng.uniform(-120.0, 120.0, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction * spacing_xyz
+    matrix[:3, 3] = centre_ras - matrix[:3, :3] @ ((shape_ijk - 1) / 2.0)
+
+    shape_kji = (int(shape_ijk[2]), int(shape_ijk[1]), int(shape_ijk[0]))
+    spacing_kji = spacing_xyz[::-1].copy()
+    levels = _tissue_levels(rng, modality)
+    anatomy = _Anatomy(rng, shape_kji, spacing_kji)
+    image = anatomy.image(rng, levels, shape_kji, spacing_kji)
+
+    label, lesions, kinds = _add_lesions(rng, varied, seed, count, d_lo, d_hi, image, anatomy,
+                                         levels, modality, spacing_xyz, matrix)
+    if not lesions:
+        raise VolumeError(f"seed {seed}: no lesion of diameter >= {d_lo} mm fits in a grid of "
+                          f"shape {tuple(int(v) for v in shape_ijk)} at spacing "
+                          f"{tuple(round(float(v), 2) for v in spacing_xyz)} mm; use a larger "
+                          "shape or smaller diameter_mm")
+    sigma = float(levels["noise"])
+    array = _acquire(rng, image, modality, sigma, spacing_kji)
     parameters = {
         "seed": int(seed), "modality": modality, "shape": [int(v) for v in shape_ijk],
         "spacing_mm": [float(v) for v in spacing_xyz], "direction": direction.tolist(),

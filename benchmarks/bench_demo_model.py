@@ -61,7 +61,33 @@ def _synthetic(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             **{k: summary.get(k) for k in keep}}
 
 
+def _trained_case_ids(model: str) -> set[str]:
+    """Case ids the checkpoint was trained on (its metadata), folder prefixes removed."""
+    from SGPSAMLib.build import read_checkpoint
+    from SGPSAMLib.models import resolve_model
+
+    try:
+        _, _, metadata = read_checkpoint(resolve_model(model))
+    except Exception:  # noqa: BLE001 - a model without provenance: nothing known to be trained
+        return set()
+    cases = (metadata.get("data") or {}).get("train_cases") or []
+    return {str(c).rsplit("/", 1)[-1] for c in cases}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if not rows:
+        return {"cases": 0, "median_dice_1": None, "median_dice_final": None,
+                "mean_dice_final": None, "empty_masks": 0}
+    return {"cases": len(rows),
+            "median_dice_1": float(np.median([r["dice_1"] for r in rows])),
+            "median_dice_final": float(np.median([r["dice_final"] for r in rows])),
+            "mean_dice_final": float(np.mean([r["dice_final"] for r in rows])),
+            "empty_masks": sum(1 for r in rows if r["predicted_voxels"] == 0)}
+
+
 def _shared(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Every shared case; the figures that count are over the ones the model never saw."""
+    trained = _trained_case_ids(args.model)
     root = Path(args.shared_root) if args.shared_root else shared_data_root()
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     os.environ["SGPSAM_SHARED_DATA"] = str(root)  # run_demo's shared-case loader reads it
@@ -76,19 +102,16 @@ def _shared(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             rows.append({"case": case_id, "error": f"{type(exc).__name__}: {exc}"})
             continue
         lesion = record["lesions"][0]
-        rows.append({"case": case_id, "modality": record["modality"],
+        rows.append({"case": case_id, "trained_on": case_id in trained,
+                     "modality": record["modality"],
                      "lesion_ml": round(lesion["volume_ml"], 2),
                      "dice_per_click": [round(d, 4) for d in lesion["dice_per_click"]],
                      "dice_1": lesion["dice_per_click"][0], "dice_final": lesion["dice"],
                      "nsd": lesion["nsd"], "predicted_voxels": lesion["predicted_voxels"],
                      "seconds": round(time.perf_counter() - tick, 2)})
     ok = [r for r in rows if "error" not in r]
-    return {"cases": rows, "median_dice_1": float(np.median([r["dice_1"] for r in ok])) if ok
-            else None,
-            "median_dice_final": float(np.median([r["dice_final"] for r in ok])) if ok
-            else None,
-            "mean_dice_final": float(np.mean([r["dice_final"] for r in ok])) if ok else None,
-            "empty_masks": sum(1 for r in ok if r["predicted_voxels"] == 0)}
+    return {"cases": rows, "held_out": _summary([r for r in ok if not r["trained_on"]]),
+            "trained_on": _summary([r for r in ok if r["trained_on"]])}
 
 
 def main(argv: list[str] | None = None) -> int:

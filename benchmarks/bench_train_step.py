@@ -69,9 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             if rec.get("event") == "progress":
                 step_times.append(float(rec["step_s"]))
 
-        config = TrainConfig(data=str(data), out=str(Path(tmp) / "run"), steps=args.steps,
-                             val_fraction=0.0, device=args.device, threads=args.threads,
-                             seed=args.seed, warmup=0, **recipe(args.recipe))
+        # The recipe's own schedule and validation settings give way to the benchmark's.
+        options = {**recipe(args.recipe), "steps": args.steps, "val_fraction": 0.0,
+                   "warmup": 0}
+        options.pop("val_every", None)
+        options.pop("val_max_lesions", None)
+        config = TrainConfig(data=str(data), out=str(Path(tmp) / "run"), device=args.device,
+                             threads=args.threads, seed=args.seed, **options)
         tick = time.perf_counter()
         result = train(config, progress=progress)
         wall = time.perf_counter() - tick

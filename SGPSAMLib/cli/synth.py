@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SGPSAMError
-from ..options import SYNTH_MODALITIES
+from ..options import SYNTH_APPEARANCES, SYNTH_MODALITIES
 
 __all__ = ["register", "parse_triplet"]
 
@@ -72,7 +72,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--diameter", default="3,40", metavar="MIN,MAX",
         help="lesion equivalent diameter range in mm (default 3,40)")
     add("--no-oblique", action="store_true", help="axis-aligned direction matrices only")
-    add("--appearance", default="plain", choices=("plain", "varied"),
+    add("--appearance", default="plain", choices=SYNTH_APPEARANCES,
         help="lesion look: plain blobs (default) or varied (rim-enhancing with necrotic core, "
              "mottled, subtle, random edge width)")
     parser.set_defaults(handler=_synth)

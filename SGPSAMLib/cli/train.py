@@ -61,7 +61,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 def _recipe_options(parser: argparse.ArgumentParser) -> None:
     """Data and output folders, the recipe, the starting model and the schedule."""
     add = parser.add_argument
-    add("--data", required=True, metavar="DIR", help="folder of image/label pairs")
+    add("--data", required=True, nargs="+", metavar="DIR",
+        help="folder(s) of image/label pairs (several are pooled; case ids get the folder name)")
+    add("--data-weights", nargs="+", type=float, metavar="W",
+        help="share of the samples drawn from each --data folder (default: every lesion alike)")
+    add("--val-data", metavar="DIR",
+        help="a separate validation folder (then every --data case trains)")
     add("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     add("--recipe", metavar="NAME",
         help="start from a named recipe's options (demo: the bundled model's); flags given "

@@ -9,7 +9,13 @@ PRISM's refine net) give the clicks and the previous mask to a convolutional net
 full-resolution input channels. This head does that on top of the SAM path:
 
     logits = head(image, image - tissue under the positive clicks, sigmoid(upsample(coarse)),
-                  +clicks, -clicks, previous mask; image embedding at its deepest level)
+                  +clicks, -clicks, previous mask, regions grown from the positive clicks;
+                  image embedding at its deepest level)
+
+The grown regions (:func:`grown_regions`: the classical "grow from seeds" at four intensity
+tolerances, negative clicks as walls) are proposals the network learns to choose between and
+correct; with them a model trained from scratch on a CPU follows the lesion's own boundary
+within a few hundred steps instead of drawing a blob of typical lesion size around the click.
 
 It is a small U-Net run on a space-to-depth view of the crop (every 2x2x2 block of voxels
 becomes 8 channels of one cell, a lossless rearrangement), so its convolutions work at half the
@@ -33,6 +39,10 @@ HEAD_PRIOR_LOGIT = -4.0
 #: Input channels at full resolution: image, its difference to the tissue under the positive
 #: clicks, coarse probability, +clicks, -clicks, previous.
 _INPUTS = 6
+#: Tolerances (multiples of the noise around the click) of the grown-region channels.
+GROW_TOLERANCES = (3.0, 8.0, 20.0, 50.0)
+#: Growing steps (one cell of S/2 each): reaches 30 mm at the demo's 1.5 mm crop voxels.
+GROW_STEPS = 10
 
 
 def space_to_depth(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
@@ -114,6 +124,42 @@ def _click_contrast(image: torch.Tensor, click_maps: torch.Tensor) -> torch.Tens
     return (image - mean) * (total > 1e-6)
 
 
+@torch.no_grad()
+def grown_regions(image: torch.Tensor, click_maps: torch.Tensor,
+                  tolerances: tuple[float, ...] = GROW_TOLERANCES,
+                  steps: int = GROW_STEPS) -> torch.Tensor:
+    """Region growing from the positive clicks at half resolution -> (B, T, S/2, S/2, S/2).
+
+    The classical interactive tool (Slicer's "Grow from seeds" family) as input channels: on the
+    crop averaged over 2x2x2 blocks, the cells connected (26-neighbourhood, ``steps`` cells at
+    most) to a positive click through cells whose intensity is within ``k`` times the noise
+    of the clicked tissue, one channel per ``k`` in ``tolerances``. A network learns in a few
+    hundred steps to refine such a proposal where it learns in thousands to find the region
+    itself; later, negative clicks and the image tell it where the proposal leaked. Pure
+    tensor operations (repeated 3x3x3 max-pooling), the same on a CPU and a GPU.
+    """
+    small = F.avg_pool3d(image.float(), 2)
+    # The clicked tissue's level: a sharp average around the clicks (bump ** 4).
+    weight = F.avg_pool3d(click_maps[:, :1].float(), 2) ** 4
+    total = weight.sum(dim=(2, 3, 4), keepdim=True).clamp(min=1e-12)
+    mean = (weight * small).sum(dim=(2, 3, 4), keepdim=True) / total
+    # The noise: the robust spread of differences between neighbouring cells over the crop
+    # (edges are few, so they barely move the median).
+    step = (small[:, :, 1:] - small[:, :, :-1]).abs().flatten(1)
+    noise = (1.4826 / 2 ** 0.5 * step.median(dim=1).values).clamp(min=1e-3)
+    noise = noise[:, None, None, None, None]
+    seeds = (F.max_pool3d(click_maps[:, :1].float(), 2) > 0.5).float()
+    # Negative clicks are walls: growing never enters the cells they cover.
+    walls = F.max_pool3d(click_maps[:, 1:2].float(), 2) > 0.5
+    k = torch.tensor(tolerances, dtype=small.dtype, device=small.device)[None, :, None, None,
+                                                                         None]
+    inside = (((small - mean).abs() <= k * noise) & ~walls).float()  # (B, T, ...)
+    grown = seeds * inside
+    for _ in range(steps):
+        grown = F.max_pool3d(grown, 3, stride=1, padding=1) * inside
+    return grown
+
+
 def _groups(channels: int) -> int:
     for groups in (8, 4, 2):
         if channels % groups == 0 and channels // groups >= 2:
@@ -186,7 +232,7 @@ class MaskRefiner3D(nn.Module):
         self.image_size = int(image_size)
         self.click_sigma = float(click_sigma)
         self.down = nn.ModuleList()
-        previous = _INPUTS * 8
+        previous = _INPUTS * 8 + len(GROW_TOLERANCES)
         for level, width in enumerate(channels):
             self.down.append(_Stage(previous, width, first=level == 0))
             previous = width
@@ -218,7 +264,7 @@ class MaskRefiner3D(nn.Module):
         prior = torch.zeros_like(up) if previous is None else torch.sigmoid(previous.float())
         x = torch.cat([image.float(), _click_contrast(image.float(), click_maps.float()),
                        torch.sigmoid(up), click_maps.float(), prior], dim=1)
-        x = space_to_depth(x)
+        x = torch.cat([space_to_depth(x), grown_regions(image, click_maps)], dim=1)
         skips = []
         for stage in self.down:
             x = stage(x)

@@ -59,11 +59,6 @@ class SGPSAMModel(nn.Module):
         return self.config.output_size
 
     @property
-    def embedding_shape(self) -> tuple[int, int, int, int]:
-        g = self.config.grid_size
-        return (self.config.out_chans, g, g, g)
-
-    @property
     def device(self) -> torch.device:
         return self.image_encoder.pos_embed.device
 

@@ -123,4 +123,4 @@ def validate(model: torch.nn.Module, cases: Sequence[LoadedCase],
 
 
 def _volume_ml(case: LoadedCase, lesion: int) -> float:
-    return case.lesions[lesion - 1].voxels * case.volume.voxel_volume_mm3 / 1000.0
+    return case.lesions[lesion - 1].voxels * case.volume.voxel_volume_ml
