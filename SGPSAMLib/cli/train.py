@@ -31,7 +31,7 @@ equal names; or one folder with case.nii.gz + case_label.nii.gz (also _seg, _mas
 
 examples:
   sgpsam train --data Task03_Liver --out runs/sgp --init sam_med3d_turbo --labels 2
-  sgpsam train --data synth --out runs/demo --mode finetune --loss zoom --preset demo --lr 1e-3
+  sgpsam train --recipe demo --data synth real --data-weights 0.8 0.2 --val-data val --out runs/d
   torchrun --nproc_per_node 4 -m SGPSAMLib train --data D --out runs/ddp --init turbo.pth
   sgpsam train --data D --out runs/sgp --resume        # continue a stopped run
 

@@ -356,6 +356,8 @@ def test_ctrl_c_stops_training_cleanly_and_saves(tmp_path, capsys, monkeypatch) 
         return emit_then_interrupt, close
 
     monkeypatch.setattr(cli_train, "_printer", printer)
+    # What was installed before (a shell starts background jobs with SIGINT ignored).
+    before = signal.getsignal(signal.SIGINT)
     code = main(_train_argv(tmp_path, steps=5) + ["--json-progress"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -363,7 +365,7 @@ def test_ctrl_c_stops_training_cleanly_and_saves(tmp_path, capsys, monkeypatch) 
     assert done["event"] == "done" and done["stopped"] is True and done["step"] == 1
     assert build.load_model(tmp_path / "run" / "last.pt").checkpoint_metadata["step"] == 1
     assert "Ctrl-C received: stopping after the current step and saving" in captured.err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_train_progress_without_a_terminal(tmp_path, capsys) -> None:

@@ -43,7 +43,7 @@ def test_argv_is_accepted_by_the_train_command(form: TrainingParams, tmp_path: P
     assert argv[:4] == ["PythonSlicer", "-m", "SGPSAMLib", "train"]
     args = _parse_like_the_cli(argv)
     assert args.command == "train" and args.json_progress and not args.resume
-    assert args.data == str((tmp_path / "data").resolve())
+    assert args.data == [str((tmp_path / "data").resolve())]
     assert args.out == str((tmp_path / "runs" / "r1").resolve())
     assert args.init == str((tmp_path / "base.pt").resolve())
     assert (args.mode, args.epochs, args.steps, args.lr, args.device, args.preset) == (
