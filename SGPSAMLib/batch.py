@@ -142,6 +142,7 @@ class BatchConfig:
         extend_at_border: follow large lesions across region borders with extra windows.
         max_windows: most windows per lesion.
         reuse_regions: let a lesion reuse an encoded region of an earlier lesion of the case.
+        keep_clicked: drop predicted components no seed touches (``InteractiveSession``).
     """
 
     input: PathLike
@@ -160,6 +161,7 @@ class BatchConfig:
     extend_at_border: bool = True
     max_windows: int = 8
     reuse_regions: bool = True
+    keep_clicked: bool = True
 
 
 @dataclass
@@ -355,7 +357,7 @@ class _Runner:
         c = self.config
         return InteractiveSession(self.model(), device=self.device, prompt_mode=c.prompt_mode,
                                   extend_at_border=c.extend_at_border,
-                                  max_windows=c.max_windows)
+                                  max_windows=c.max_windows, keep_clicked=c.keep_clicked)
 
     # -- one case --------------------------------------------------------------------------
 

@@ -327,8 +327,8 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
              labels: Sequence[int] | None = None, lesion_unit: str = "component",
              min_lesion_voxels: int = 1, modality: str = "auto", prompt_mode: str = "latest",
              nsd_tolerance_mm: float = NSD_TOLERANCE_MM, max_cases: int | None = None,
-             max_windows: int = 8, stop: StopFlag = None, session: Any = None
-             ) -> EvaluationResult:
+             max_windows: int = 8, stop: StopFlag = None, session: Any = None,
+             keep_clicked: bool = True) -> EvaluationResult:
     """Evaluate a model with simulated clicks on every lesion of a folder of labelled cases.
 
     Args:
@@ -353,6 +353,8 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
             cases and ``summary["stopped"]`` is True.
         session: a ready session object to use instead of building an ``InteractiveSession``
             (tests, custom settings); ``model_or_path`` is then only recorded.
+        keep_clicked: the session drops predicted components no positive click touches
+            (``InteractiveSession(keep_clicked=...)``); ignored with ``session``.
 
     Returns:
         :class:`EvaluationResult`. ``summary``: cases, cases_failed, lesions, clicks,
@@ -372,7 +374,7 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
     if max_cases is not None:
         cases = cases[:max(0, int(max_cases))]
     session, info, device_name = _session(model_or_path, device, prompt_mode, max_windows,
-                                          session)
+                                          session, keep_clicked)
     emit = progress or (lambda record: None)
     emit({"event": "start", "total_cases": len(cases), "clicks": clicks,
           "data": str(data_folder), "model": info["model"], "device": device_name})
@@ -414,7 +416,7 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
         "seconds": time.perf_counter() - start,
         "model": info["model"], "preset": info["preset"], "device": device_name,
         "prompt_mode": prompt_mode, "max_windows": max_windows, "data": str(data_folder),
-        "stopped": stopped,
+        "keep_clicked": bool(getattr(session, "keep_clicked", keep_clicked)), "stopped": stopped,
     }
     emit({"event": "done", **json_safe(result.summary)})
     return result
@@ -434,7 +436,7 @@ def _check_options(clicks: Any, lesion_unit: Any, max_windows: Any, nsd_toleranc
 
 
 def _session(model_or_path: Any, device: str, prompt_mode: str, max_windows: int,
-             session: Any) -> tuple[Any, dict[str, Any], str]:
+             session: Any, keep_clicked: bool = True) -> tuple[Any, dict[str, Any], str]:
     """(the session, model info for the summary, device name): the given session, or an
     ``InteractiveSession`` on the loaded model."""
     if session is not None:
@@ -450,7 +452,8 @@ def _session(model_or_path: Any, device: str, prompt_mode: str, max_windows: int
         raise SGPSAMError(f"--device: {exc}") from None
     model, info = _load_model(model_or_path, torch_device)
     session = InteractiveSession(model, device=torch_device, prompt_mode=prompt_mode,
-                                 max_windows=max_windows, extend_at_border=max_windows > 1)
+                                 max_windows=max_windows, extend_at_border=max_windows > 1,
+                                 keep_clicked=keep_clicked)
     return session, info, str(torch_device)
 
 

@@ -30,6 +30,10 @@ Policies (each one a deliberate choice):
   to ``max_windows`` per lesion, each prompted with the clicks that fall inside it (per the
   prompting mode) plus its positive border seed, and a zero mask prompt. The full mask is, per
   voxel, the latest prediction of the window that owns it.
+- **Clicked components only** (``keep_clicked``, default on): of a region's prediction, the
+  connected components no positive click or seed touches are dropped before it is written
+  (:mod:`SGPSAMLib.clicked_components`): a lesion's clicks give that lesion, not also a
+  look-alike elsewhere in the window.
 - **Mask updates and undo.** A prediction is written only inside the box covering the
   region's previous and new foreground (plus, the first time a region is decoded, the parts of
   other regions' foreground it now owns); the previous content of every written box is pushed
@@ -50,6 +54,7 @@ import torch
 
 from . import windows
 from .boxes import BBox, bbox_union, foreground_box
+from .clicked_components import keep_clicked_components
 from .devices import resolve_device
 from .errors import VolumeError
 from .geometry import Volume
@@ -172,11 +177,13 @@ class InteractiveSession:
         extend_at_border: add overlapping windows when a prediction reaches a region's face.
         max_windows: most windows per lesion, the first one included (>= 1).
         cache_size: most embeddings kept (LRU, >= 1).
+        keep_clicked: drop predicted components that no positive click (or seed) touches
+            (:mod:`SGPSAMLib.clicked_components`); False keeps everything the model draws.
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "auto",
                  prompt_mode: str = "latest", amp: bool = True, extend_at_border: bool = True,
-                 max_windows: int = 8, cache_size: int = 16) -> None:
+                 max_windows: int = 8, cache_size: int = 16, keep_clicked: bool = True) -> None:
         look_up_option(prompt_mode, PROMPT_MODES, "prompt_mode")
         for name, value in (("max_windows", max_windows), ("cache_size", cache_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -192,6 +199,7 @@ class InteractiveSession:
         self.extend_at_border = bool(extend_at_border)
         self.max_windows = max_windows
         self.cache_size = cache_size
+        self.keep_clicked = bool(keep_clicked)
         self.size = int(model.config.image_size)
         self.spacing_mm = float(model.config.crop_spacing_mm)
         self.low_res_size = int(getattr(model, "low_res_size", self.size // 4))
@@ -448,6 +456,8 @@ class InteractiveSession:
         with torch.inference_mode(), self._autocast():
             logits = self._predict(rs, embedding, points, labels)
         logits = logits.detach().float().reshape(size, size, size).cpu()
+        if self.keep_clicked:
+            logits = self._clicked_only(rs, logits)
         timings["decode"] += time.perf_counter() - tick
         tick = time.perf_counter()
         self._write(rs, logits, entry)
@@ -473,6 +483,13 @@ class InteractiveSession:
         image = self._state.crops.get(rs.region)
         logits, _ = predict(embedding, image, point_t, label_t, previous, clicks, click_labels)
         return logits
+
+    def _clicked_only(self, rs: RegionState, logits: torch.Tensor) -> torch.Tensor:
+        """The region's logits without the components its positive clicks do not touch."""
+        points, labels = self._all_clicks(rs)
+        scale = self.output_size / self.size  # output cells per crop voxel
+        grid_points = (points[labels == 1] + 0.5) * scale - 0.5
+        return keep_clicked_components(logits, grid_points, self.spacing_mm / scale)
 
     def _write(self, rs: RegionState, logits: torch.Tensor, entry: _UndoEntry) -> None:
         """Map a region's new logits to the volume and write the voxels it owns."""

@@ -1,6 +1,6 @@
 """Make the bundled demo model from nothing: data, training, export. One command, seeded.
 
-    python scripts/train_demo_model.py --work demo_run            # ~1 h on 2 CPU cores
+    python scripts/train_demo_model.py --work demo_run            # ~55 min on 2 CPU cores
     python scripts/train_demo_model.py --work demo_run --install  # ... and replace the bundled file
 
 Steps (every one skipped when its output is already there, so a stopped run continues):

@@ -60,7 +60,8 @@ class SegmentLogic:
         from SGPSAMLib.session import InteractiveSession  # noqa: PLC0415 - heavy
 
         device = device or self.settings["device"]
-        session = InteractiveSession(model, device=device, prompt_mode=self.settings["promptMode"])
+        session = InteractiveSession(model, device=device, prompt_mode=self.settings["promptMode"],
+                                     keep_clicked=self.settings["keepClickedComponents"])
         self.model = model
         self.modelDescription = description
         self._modelKey = ("object", id(model), device)
@@ -95,7 +96,8 @@ class SegmentLogic:
         info = models.KNOWN_MODELS.get(spec)
         model = load_model(path, device=resolved, preset=info.preset if info else None)
         session = InteractiveSession(model, device=resolved,
-                                     prompt_mode=self.settings["promptMode"])
+                                     prompt_mode=self.settings["promptMode"],
+                                     keep_clicked=self.settings["keepClickedComponents"])
         self.model = model
         self._modelKey = key
         self.modelDescription = f"{info.title if info else path.name} on {resolved}"

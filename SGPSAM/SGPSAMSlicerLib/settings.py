@@ -76,6 +76,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "intensity normalisation: auto (CT if the minimum < -500), CT or MR"),
     Setting("promptMode", "latest", _to_str, PROMPT_MODES,
             "latest: newest click + previous mask (SAM-Med3D); cumulative: all clicks"),
+    Setting("keepClickedComponents", True, _to_bool, None,
+            "drop predicted components no positive click touches (False: keep all)"),
     Setting("downloadConsent", False, _to_bool, None,
             "the user accepted the SAM-Med3D-turbo licence and download once"),
 )}

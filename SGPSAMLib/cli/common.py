@@ -13,7 +13,7 @@ import sys
 from typing import NoReturn
 
 __all__ = ["PROG", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "Parser",
-           "one_line", "warn", "note", "format_mm", "quiet_itk"]
+           "one_line", "warn", "note", "format_mm", "quiet_itk", "add_all_components_option"]
 
 PROG = "sgpsam"
 #: Everything asked for was done (or was already done: resumed runs).
@@ -48,6 +48,14 @@ def warn(text: str) -> None:
 def note(text: str) -> None:
     """``sgpsam: <text>`` on stderr, at once: what a long command does about a signal."""
     print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+
+def add_all_components_option(parser: argparse.ArgumentParser) -> None:
+    """``--all-components``: the session's ``keep_clicked=False`` (segment, evaluate, batch)."""
+    parser.add_argument(
+        "--all-components", action="store_true",
+        help="keep every connected component the model predicts (default: only those a "
+             "positive click touches; a look-alike elsewhere in the window is dropped)")
 
 
 def format_mm(value: float) -> str:

@@ -24,7 +24,7 @@ from ..job import (
     stop_requests,
 )
 from ..options import LESION_UNITS, MODALITIES, PROMPT_MODES
-from .common import note, one_line, warn
+from .common import add_all_components_option, note, one_line, warn
 
 __all__ = ["register"]
 
@@ -82,6 +82,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
              "1 = never extend)")
     add("--json-progress", action="store_true",
         help="print one JSON record per line on stdout (start, progress, case, done, error)")
+    add_all_components_option(parser)
     add_stop_file_option(parser)
     parser.set_defaults(handler=_evaluate)
 
@@ -179,7 +180,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                 lesion_unit=args.lesion_unit, min_lesion_voxels=args.min_lesion_voxels,
                 modality=args.modality, prompt_mode=args.prompt_mode,
                 nsd_tolerance_mm=args.nsd_tolerance, max_cases=args.max_cases,
-                max_windows=args.max_windows, stop=stop)
+                max_windows=args.max_windows, stop=stop,
+                keep_clicked=not args.all_components)
     finally:
         if text_progress is not None:
             text_progress.close()

@@ -136,7 +136,7 @@ def grown_regions(image: torch.Tensor, click_maps: torch.Tensor,
     of the clicked tissue, one channel per ``k`` in ``tolerances``. A network learns in a few
     hundred steps to refine such a proposal where it learns in thousands to find the region
     itself; later, negative clicks and the image tell it where the proposal leaked. Pure
-    tensor operations (repeated 3x3x3 max-pooling), the same on a CPU and a GPU.
+    tensor operations (repeated 3x3x3 dilation), the same on a CPU and a GPU.
     """
     small = F.avg_pool3d(image.float(), 2)
     # The clicked tissue's level: a sharp average around the clicks (bump ** 4).
@@ -156,8 +156,28 @@ def grown_regions(image: torch.Tensor, click_maps: torch.Tensor,
     inside = (((small - mean).abs() <= k * noise) & ~walls).float()  # (B, T, ...)
     grown = seeds * inside
     for _ in range(steps):
-        grown = F.max_pool3d(grown, 3, stride=1, padding=1) * inside
+        grown = _dilate(grown) * inside
     return grown
+
+
+def _dilate(x: torch.Tensor) -> torch.Tensor:
+    """3x3x3 binary dilation of a 0/1 tensor (B, C, D, H, W): ``max_pool3d(x, 3, 1, 1)``.
+
+    Separable (a running maximum with both neighbours along each axis in turn), so 6 element-
+    wise maxima: 10x faster on a CPU than ``max_pool3d``, which also computes indices, and the
+    same result exactly.
+    """
+    for dim in (2, 3, 4):
+        n = x.shape[dim]
+        if n < 2:
+            continue
+        y = x.clone()
+        y.narrow(dim, 1, n - 1).copy_(torch.maximum(y.narrow(dim, 1, n - 1),
+                                                     x.narrow(dim, 0, n - 1)))
+        y.narrow(dim, 0, n - 1).copy_(torch.maximum(y.narrow(dim, 0, n - 1),
+                                                     x.narrow(dim, 1, n - 1)))
+        x = y
+    return x
 
 
 def _groups(channels: int) -> int:

@@ -371,6 +371,11 @@ def test_evaluate_with_the_real_session(tmp_path):
     assert row["dice_1"] > 0.8
     assert 0.0 <= row["nsd"] <= 1.0 and row["clicks_used"] == 3
     assert result.summary["device"] == "cpu" and result.summary["preset"] == "oracle"
+    assert result.summary["keep_clicked"] is True  # the session's default
+    everything = evaluate(CropThresholdModel(), folder, clicks=1, device="cpu",
+                          keep_clicked=False)
+    assert everything.summary["keep_clicked"] is False
+    assert everything.lesions[0]["dice_1"] == pytest.approx(row["dice_1"])  # one component
     # Click 1 is positive at the ball's centre; every click's sign says whether it lies in the
     # lesion (a positive click fixes a false negative, a negative one a false positive).
     assert row["clicks"][0]["kji"] == [12, 30, 33]

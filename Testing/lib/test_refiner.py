@@ -14,6 +14,7 @@ from SGPSAMLib.modeling.refiner import (
     Conv3d,
     MaskRefiner3D,
     _click_contrast,
+    _dilate,
     depth_to_space,
     render_click_maps,
     space_to_depth,
@@ -30,6 +31,15 @@ def test_space_to_depth_is_a_lossless_rearrangement():
     # Channel c * 8 + (a * 4 + b * 2 + d) of cell (i, j, k) is voxel (2i + a, 2j + b, 2k + d).
     assert cells[1, 2 * 8 + 5, 1, 2, 3] == x[1, 2, 3, 4, 7]
     assert torch.equal(depth_to_space(cells), x)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 16, 16, 16), (1, 1, 1, 5, 7), (1, 2, 3, 2, 9)])
+def test_dilation_is_max_pooling_exactly(shape):
+    """The region growing's fast dilation is ``max_pool3d(x, 3, 1, 1)`` bit for bit, borders
+    and size-1 axes included."""
+    torch.manual_seed(0)
+    x = (torch.rand(shape) > 0.8).float()
+    assert torch.equal(_dilate(x), F.max_pool3d(x, 3, stride=1, padding=1))
 
 
 def test_click_maps_are_gaussian_bumps_by_sign():
