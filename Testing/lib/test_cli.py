@@ -362,3 +362,25 @@ def test_python_dash_m_help() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: sgpsam ")
     assert "segment" in result.stdout and "info" in result.stdout
+
+
+def test_all_components_reaches_the_session(capsys, tmp_path, image, checkpoint,
+                                            monkeypatch) -> None:
+    """``--all-components`` is the session's ``keep_clicked=False``; the default keeps only
+    the clicked components (SGPSAMLib.clicked_components)."""
+    from SGPSAMLib.session import InteractiveSession
+
+    seen: list[bool] = []
+    original = InteractiveSession.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.keep_clicked)
+
+    monkeypatch.setattr(InteractiveSession, "__init__", spy)
+    for extra in ([], ["--all-components"]):
+        code, _, stderr = _run(capsys, "segment", image, "--model", checkpoint,
+                               _point(CENTRE_INDEX), "--out", tmp_path / "m.nii.gz",
+                               "--device", "cpu", *extra)
+        assert code == 0, stderr
+    assert seen == [True, False]
