@@ -22,8 +22,9 @@ The rule, on one region's logits (its output grid) before they are written to th
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 import torch
+
+from .click_robot import connected_components
 
 __all__ = ["keep_clicked_components", "DROPPED_LOGIT", "TOUCH_RADIUS_MM", "REACH_MM"]
 
@@ -53,16 +54,15 @@ def keep_clicked_components(logits: torch.Tensor, points: np.ndarray, cell_mm: f
     """
     if cell_mm <= 0:
         raise ValueError(f"cell_mm must be > 0, got {cell_mm!r}")
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (D, H, W), got shape {tuple(logits.shape)}")
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    if len(pts) == 0 or logits.dim() != 3:
+    if len(pts) == 0:
         return logits
     foreground = (logits > 0).cpu().numpy()
-    if not foreground.any():
-        return logits
-    ids = sitk.GetArrayFromImage(sitk.ConnectedComponent(
-        sitk.GetImageFromArray(foreground.astype(np.uint8)), True))
-    if int(ids.max()) < 2:
-        return logits  # one component: nothing to choose between
+    ids, count = connected_components(foreground)
+    if count < 2:
+        return logits  # none or one component: nothing to choose between
     keep = _touched(ids, pts, radius_mm / cell_mm)
     if not keep:
         keep = _nearest(ids, foreground, pts, reach_mm / cell_mm)

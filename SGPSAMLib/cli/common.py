@@ -51,7 +51,8 @@ def note(text: str) -> None:
 
 
 def add_all_components_option(parser: argparse.ArgumentParser) -> None:
-    """``--all-components``: the session's ``keep_clicked=False`` (segment, evaluate, batch)."""
+    """``--all-components``: the session's ``keep_clicked=False`` (segment, batch, evaluate,
+    demo)."""
     parser.add_argument(
         "--all-components", action="store_true",
         help="keep every connected component the model predicts (default: only those a "
