@@ -143,6 +143,8 @@ class BatchConfig:
         max_windows: most windows per lesion.
         reuse_regions: let a lesion reuse an encoded region of an earlier lesion of the case.
         keep_clicked: drop predicted components no seed touches (``InteractiveSession``).
+        zoom: choose each lesion's crop spacing by the model's zoom policy
+            (``InteractiveSession``).
     """
 
     input: PathLike
@@ -162,6 +164,7 @@ class BatchConfig:
     max_windows: int = 8
     reuse_regions: bool = True
     keep_clicked: bool = True
+    zoom: bool = True
 
 
 @dataclass
@@ -357,7 +360,8 @@ class _Runner:
         c = self.config
         return InteractiveSession(self.model(), device=self.device, prompt_mode=c.prompt_mode,
                                   extend_at_border=c.extend_at_border,
-                                  max_windows=c.max_windows, keep_clicked=c.keep_clicked)
+                                  max_windows=c.max_windows, keep_clicked=c.keep_clicked,
+                                  zoom=c.zoom)
 
     # -- one case --------------------------------------------------------------------------
 

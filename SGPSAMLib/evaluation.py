@@ -328,7 +328,7 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
              min_lesion_voxels: int = 1, modality: str = "auto", prompt_mode: str = "latest",
              nsd_tolerance_mm: float = NSD_TOLERANCE_MM, max_cases: int | None = None,
              max_windows: int = 8, stop: StopFlag = None, session: Any = None,
-             keep_clicked: bool = True) -> EvaluationResult:
+             keep_clicked: bool = True, zoom: bool = True) -> EvaluationResult:
     """Evaluate a model with simulated clicks on every lesion of a folder of labelled cases.
 
     Args:
@@ -355,6 +355,8 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
             (tests, custom settings); ``model_or_path`` is then only recorded.
         keep_clicked: the session drops predicted components no positive click touches
             (``InteractiveSession(keep_clicked=...)``); ignored with ``session``.
+        zoom: the session picks a new lesion's crop spacing by the model's zoom policy
+            (``InteractiveSession(zoom=...)``); ignored with ``session``.
 
     Returns:
         :class:`EvaluationResult`. ``summary``: cases, cases_failed, lesions, clicks,
@@ -374,7 +376,7 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
     if max_cases is not None:
         cases = cases[:max(0, int(max_cases))]
     session, info, device_name = _session(model_or_path, device, prompt_mode, max_windows,
-                                          session, keep_clicked)
+                                          session, keep_clicked, zoom)
     emit = progress or (lambda record: None)
     emit({"event": "start", "total_cases": len(cases), "clicks": clicks,
           "data": str(data_folder), "model": info["model"], "device": device_name})
@@ -416,7 +418,8 @@ def evaluate(model_or_path: Any, data_folder: PathLike, clicks: int = 5,
         "seconds": time.perf_counter() - start,
         "model": info["model"], "preset": info["preset"], "device": device_name,
         "prompt_mode": prompt_mode, "max_windows": max_windows, "data": str(data_folder),
-        "keep_clicked": bool(getattr(session, "keep_clicked", keep_clicked)), "stopped": stopped,
+        "keep_clicked": bool(getattr(session, "keep_clicked", keep_clicked)),
+        "zoom": _zoom_summary(session), "stopped": stopped,
     }
     emit({"event": "done", **json_safe(result.summary)})
     return result
@@ -436,7 +439,8 @@ def _check_options(clicks: Any, lesion_unit: Any, max_windows: Any, nsd_toleranc
 
 
 def _session(model_or_path: Any, device: str, prompt_mode: str, max_windows: int,
-             session: Any, keep_clicked: bool = True) -> tuple[Any, dict[str, Any], str]:
+             session: Any, keep_clicked: bool = True, zoom: bool = True
+             ) -> tuple[Any, dict[str, Any], str]:
     """(the session, model info for the summary, device name): the given session, or an
     ``InteractiveSession`` on the loaded model."""
     if session is not None:
@@ -453,8 +457,16 @@ def _session(model_or_path: Any, device: str, prompt_mode: str, max_windows: int
     model, info = _load_model(model_or_path, torch_device)
     session = InteractiveSession(model, device=torch_device, prompt_mode=prompt_mode,
                                  max_windows=max_windows, extend_at_border=max_windows > 1,
-                                 keep_clicked=keep_clicked)
+                                 keep_clicked=keep_clicked, zoom=zoom)
     return session, info, str(torch_device)
+
+
+def _zoom_summary(session: Any) -> dict[str, float] | None:
+    """The session's zoom policy as a dict (None: fixed crop spacing)."""
+    policy = getattr(session, "zoom", None)
+    if policy is None:
+        return None
+    return {"probe_mm": policy.probe_mm, "wide_mm": policy.wide_mm, "large_mm": policy.large_mm}
 
 
 def _evaluate_case(session: Any, files: Any, load: dict[str, Any], clicks: int,

@@ -34,6 +34,11 @@ Policies (each one a deliberate choice):
   connected components no positive click or seed touches are dropped before it is written
   (:mod:`SGPSAMLib.clicked_components`): a lesion's clicks give that lesion, not also a
   look-alike elsewhere in the window.
+- **Zoom** (``zoom``, default on for models with a measured policy, :mod:`SGPSAMLib.zoom`): a
+  new lesion's first window opens at the policy's fine spacing; when the clicked answer there
+  is large it is opened again, wider, around the same click before anything is written. The
+  lesion's later clicks and neighbour windows keep that spacing. Without a policy every window
+  is at the model's ``crop_spacing_mm``.
 - **Mask updates and undo.** A prediction is written only inside the box covering the
   region's previous and new foreground (plus, the first time a region is decoded, the parts of
   other regions' foreground it now owns); the previous content of every written box is pushed
@@ -68,6 +73,7 @@ from .region import (
     sample_region,
 )
 from .windows import RegionState
+from .zoom import answer_is_large, zoom_policy
 
 __all__ = ["InteractiveSession", "SessionState", "RegionState", "Click", "Prediction",
            "PROMPT_MODES", "TIMING_KEYS"]
@@ -179,11 +185,15 @@ class InteractiveSession:
         cache_size: most embeddings kept (LRU, >= 1).
         keep_clicked: drop predicted components that no positive click (or seed) touches
             (:mod:`SGPSAMLib.clicked_components`); False keeps everything the model draws.
+        zoom: choose a new lesion's crop spacing by the model's measured policy
+            (:func:`SGPSAMLib.zoom.zoom_policy`; models without one are unaffected); False:
+            every window at the model's ``crop_spacing_mm``.
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "auto",
                  prompt_mode: str = "latest", amp: bool = True, extend_at_border: bool = True,
-                 max_windows: int = 8, cache_size: int = 16, keep_clicked: bool = True) -> None:
+                 max_windows: int = 8, cache_size: int = 16, keep_clicked: bool = True,
+                 zoom: bool = True) -> None:
         look_up_option(prompt_mode, PROMPT_MODES, "prompt_mode")
         for name, value in (("max_windows", max_windows), ("cache_size", cache_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -202,6 +212,9 @@ class InteractiveSession:
         self.keep_clicked = bool(keep_clicked)
         self.size = int(model.config.image_size)
         self.spacing_mm = float(model.config.crop_spacing_mm)
+        self.zoom = zoom_policy(model.config) if zoom else None
+        #: Crop spacing of a new lesion's first window (and of :meth:`prepare`).
+        self.start_spacing_mm = self.spacing_mm if self.zoom is None else self.zoom.probe_mm
         self.low_res_size = int(getattr(model, "low_res_size", self.size // 4))
         self.output_size = int(getattr(model, "output_size", self.low_res_size))
         self._keeps_crops = getattr(model, "refiner", None) is not None
@@ -269,7 +282,7 @@ class InteractiveSession:
         """
         state = self._require_volume("prepare")
         ras = self._check_point(ras_mm, "prepare")
-        region = Region(tuple(ras), self.size, self.spacing_mm)
+        region = Region(tuple(ras), self.size, self.start_spacing_mm)
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
         self._embedding(region, timings)
         state.prepared = region
@@ -326,10 +339,13 @@ class InteractiveSession:
             created = target is None
             if created:
                 target = self._new_region(windows.window_for_click(
-                    ras, state.prepared, self.size, self.spacing_mm), group=None)
+                    ras, state.prepared, self.size, self.start_spacing_mm), group=None)
             state.clicks.append(Click(ras, positive, target.id))
             entry.region_id = target.id
             cached = self._decode_region(target, entry, timings)
+            widened = created and self._widen_if_large(target, entry, timings)
+            if widened:
+                target = state.regions[-1]
             added = self._extend(target, entry, timings)
         except BaseException:
             self._rollback(entry)
@@ -338,6 +354,9 @@ class InteractiveSession:
         timings["total"] = time.perf_counter() - start
         message = (f"{'new' if created else 'region'} {target.id}: "
                    f"{'+' if positive else '-'} point, {state.voxels} voxels in the mask")
+        if widened:
+            message += (f"; the answer was large, so the window was opened at "
+                        f"{target.region.spacing_mm:g} mm")
         if added:
             message += f"; {added} window(s) added to follow the target across the border"
         log.debug("add_point %s -> %s; timings %s", ras, message, timings)
@@ -489,7 +508,32 @@ class InteractiveSession:
         points, labels = self._all_clicks(rs)
         scale = self.output_size / self.size  # output cells per crop voxel
         grid_points = (points[labels == 1] + 0.5) * scale - 0.5
-        return keep_clicked_components(logits, grid_points, self.spacing_mm / scale)
+        return keep_clicked_components(logits, grid_points, rs.region.spacing_mm / scale)
+
+    def _widen_if_large(self, rs: RegionState, entry: _UndoEntry,
+                        timings: dict[str, float]) -> bool:
+        """Zoom out: if a new lesion's first answer is large (:func:`answer_is_large`), take
+        its writes back and open the lesion again at the policy's wide spacing around the
+        click. Returns whether it did (the new region is then the last one)."""
+        zoom = self.zoom
+        if zoom is None or rs.region.spacing_mm >= zoom.wide_mm or rs.logits is None:
+            return False
+        cell_mm = rs.region.spacing_mm * self.size / self.output_size
+        if not answer_is_large(rs.logits, cell_mm, zoom.large_mm):
+            return False
+        state = self._state
+        for box, before in reversed(entry.patches):
+            state.mask[box] = before
+        entry.patches.clear()
+        state.voxels = entry.voxels
+        entry.region_states.pop(rs.id, None)
+        state.regions.pop()
+        click = state.clicks[-1]
+        wide = self._new_region(Region(tuple(click.ras), self.size, zoom.wide_mm), group=None,
+                                seed=None)
+        click.region_id = wide.id
+        self._decode_region(wide, entry, timings)
+        return True
 
     def _write(self, rs: RegionState, logits: torch.Tensor, entry: _UndoEntry) -> None:
         """Map a region's new logits to the volume and write the voxels it owns."""

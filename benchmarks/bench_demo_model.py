@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all-components", action="store_true",
                    help="the session keeps every predicted component (default: only those a "
                         "positive click touches, as sgpsam does)")
+    p.add_argument("--no-zoom", action="store_true",
+                   help="every window at the model's crop spacing (default: its zoom policy, "
+                        "as sgpsam does)")
     return p
 
 
@@ -57,7 +60,8 @@ def _synthetic(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     folder = work / "heldout"
     write_dataset(folder, args.synthetic_cases, args.seed)
     summary = evaluate(args.model, folder, clicks=args.clicks, device=args.device,
-                       keep_clicked=not args.all_components).summary
+                       keep_clicked=not args.all_components,
+                       zoom=not args.no_zoom).summary
     keep = ("cases", "cases_failed", "lesions", "dice_per_click", "dice_1", "dice_final",
             "dice_auc", "nsd", "nsd_tolerance_mm", "empty_masks", "needs_correction", "small",
             "large", "seconds")
@@ -102,7 +106,7 @@ def _shared(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         try:
             record = run_demo(model=args.model, out=work / "shared" / case_id,
                               case=f"shared:{case_id}", clicks=args.clicks, device=args.device,
-                              keep_clicked=not args.all_components)
+                              keep_clicked=not args.all_components, zoom=not args.no_zoom)
         except Exception as exc:  # noqa: BLE001 - one case failing is a result, not a crash
             rows.append({"case": case_id, "error": f"{type(exc).__name__}: {exc}"})
             continue
@@ -125,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     record: dict[str, Any] = {"benchmark": "demo_model", "model": args.model,
-                              "clicks": args.clicks, "keep_clicked": not args.all_components}
+                              "clicks": args.clicks, "keep_clicked": not args.all_components,
+                              "zoom": not args.no_zoom}
     with tempfile.TemporaryDirectory(prefix="bench_demo_model_") as tmp:
         work = Path(tmp)
         if args.synthetic_cases > 0:

@@ -61,7 +61,8 @@ class SegmentLogic:
 
         device = device or self.settings["device"]
         session = InteractiveSession(model, device=device, prompt_mode=self.settings["promptMode"],
-                                     keep_clicked=self.settings["keepClickedComponents"])
+                                     keep_clicked=self.settings["keepClickedComponents"],
+                                     zoom=self.settings["zoomToLesion"])
         self.model = model
         self.modelDescription = description
         self._modelKey = ("object", id(model), device)
@@ -97,7 +98,8 @@ class SegmentLogic:
         model = load_model(path, device=resolved, preset=info.preset if info else None)
         session = InteractiveSession(model, device=resolved,
                                      prompt_mode=self.settings["promptMode"],
-                                     keep_clicked=self.settings["keepClickedComponents"])
+                                     keep_clicked=self.settings["keepClickedComponents"],
+                                     zoom=self.settings["zoomToLesion"])
         self.model = model
         self._modelKey = key
         self.modelDescription = f"{info.title if info else path.name} on {resolved}"

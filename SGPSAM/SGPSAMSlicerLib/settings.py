@@ -78,6 +78,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "latest: newest click + previous mask (SAM-Med3D); cumulative: all clicks"),
     Setting("keepClickedComponents", True, _to_bool, None,
             "drop predicted components no positive click touches (False: keep all)"),
+    Setting("zoomToLesion", True, _to_bool, None,
+            "pick a new lesion's crop spacing by the model's zoom policy (False: fixed)"),
     Setting("downloadConsent", False, _to_bool, None,
             "the user accepted the SAM-Med3D-turbo licence and download once"),
 )}

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import SGPSAMError
 from ..job import ProgressLines, add_stop_file_option, print_record, report_errors, stop_requests
 from ..options import COORDINATE_SPACES, MODALITIES, OUTPUT_FORMATS, PROMPT_MODES
-from .common import EXIT_FAILED, EXIT_OK, add_all_components_option, note
+from .common import EXIT_FAILED, EXIT_OK, add_session_options, note
 
 __all__ = ["register"]
 
@@ -105,7 +105,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-progress", action="store_true",
                         help="print one JSON object per line on stdout (start, progress, "
                              "case, done, error) instead of a progress bar")
-    add_all_components_option(parser)
+    add_session_options(parser)
     add_stop_file_option(parser)
     parser.set_defaults(handler=_batch)
 
@@ -171,7 +171,8 @@ def _batch(args: argparse.Namespace) -> int:
         csv_space=args.csv_space, output_format=args.format, recursive=args.recursive,
         device=args.device, shard=shard, overwrite=args.overwrite, modality=args.modality,
         prompt_mode=args.prompt_mode, max_windows=args.max_windows,
-        extend_at_border=args.max_windows > 1, keep_clicked=not args.all_components)
+        extend_at_border=args.max_windows > 1, keep_clicked=not args.all_components,
+        zoom=not args.no_zoom)
     lines = None if args.json_progress else _CaseLines()
     progress = print_record if args.json_progress else lines
     what = "the current lesion (the case is abandoned; nothing partial is written)"

@@ -13,7 +13,8 @@ import sys
 from typing import NoReturn
 
 __all__ = ["PROG", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "Parser",
-           "one_line", "warn", "note", "format_mm", "quiet_itk", "add_all_components_option"]
+           "one_line", "warn", "note", "format_mm", "quiet_itk", "add_all_components_option",
+           "add_session_options"]
 
 PROG = "sgpsam"
 #: Everything asked for was done (or was already done: resumed runs).
@@ -57,6 +58,17 @@ def add_all_components_option(parser: argparse.ArgumentParser) -> None:
         "--all-components", action="store_true",
         help="keep every connected component the model predicts (default: only those a "
              "positive click touches; a look-alike elsewhere in the window is dropped)")
+
+
+def add_session_options(parser: argparse.ArgumentParser) -> None:
+    """The session's result options: ``--all-components`` and ``--no-zoom`` (segment, batch,
+    evaluate, demo)."""
+    add_all_components_option(parser)
+    parser.add_argument(
+        "--no-zoom", action="store_true",
+        help="crop every lesion at the model's own spacing (default: a new lesion is looked at "
+             "closely first and from further away when it is large, by the model's measured "
+             "zoom policy; models without one are unaffected)")
 
 
 def format_mm(value: float) -> str:

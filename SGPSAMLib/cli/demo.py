@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import SGPSAMError
 from ..options import IMAGE_MODALITIES, SYNTH_MODALITIES
-from .common import add_all_components_option
+from .common import add_session_options
 
 __all__ = ["register", "run_demo", "shared_data_root", "load_shared_case"]
 
@@ -83,7 +83,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     add("--max-windows", type=int, default=8, metavar="N",
         help="most overlapping windows per lesion when it crosses a region border (default 8; "
              "1 = never extend)")
-    add_all_components_option(parser)
+    add_session_options(parser)
     parser.set_defaults(handler=_demo)
 
 
@@ -227,7 +227,8 @@ def _write_demo_files(out_dir: Path, case: str, case_name: str, checkpoint: str,
 def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo",
              seed: int = DEFAULT_DEMO_SEED, case: str = "synthetic", clicks: int = 3,
              device: str = "auto", lesions: int = 1, modality: str = "random",
-             max_windows: int = 8, keep_clicked: bool = True) -> dict[str, Any]:
+             max_windows: int = 8, keep_clicked: bool = True, zoom: bool = True
+             ) -> dict[str, Any]:
     """Run the demo and write its files; returns the JSON-able result record."""
     import numpy as np
 
@@ -258,7 +259,8 @@ def run_demo(model: str = "demo", out: str | os.PathLike = "sgpsam_demo",
     net, checkpoint = _load_model(model, torch_device)
     load_seconds = time.perf_counter() - tick
     session = InteractiveSession(net, device=torch_device, max_windows=max_windows,
-                                 extend_at_border=max_windows > 1, keep_clicked=keep_clicked)
+                                 extend_at_border=max_windows > 1, keep_clicked=keep_clicked,
+                                 zoom=zoom)
     session.set_volume(volume, modality=case_modality if case_modality in IMAGE_MODALITIES
                        else "auto")
     prediction, rows, click_seconds = _segment_lesions(session, volume, truth, clicks)
@@ -365,7 +367,8 @@ def _demo(args: argparse.Namespace) -> int:
     record = run_demo(model=args.model, out=args.out, seed=args.seed, case=args.case,
                       clicks=args.clicks, device=args.device, lesions=args.lesions,
                       modality=args.modality, max_windows=args.max_windows,
-                      keep_clicked=not args.all_components)
+                      keep_clicked=not args.all_components,
+                      zoom=not args.no_zoom)
     if args.json:
         print(json.dumps(record))
         return 0

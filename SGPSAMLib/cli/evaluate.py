@@ -24,7 +24,7 @@ from ..job import (
     stop_requests,
 )
 from ..options import LESION_UNITS, MODALITIES, PROMPT_MODES
-from .common import add_all_components_option, note, one_line, warn
+from .common import add_session_options, note, one_line, warn
 
 __all__ = ["register"]
 
@@ -82,7 +82,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
              "1 = never extend)")
     add("--json-progress", action="store_true",
         help="print one JSON record per line on stdout (start, progress, case, done, error)")
-    add_all_components_option(parser)
+    add_session_options(parser)
     add_stop_file_option(parser)
     parser.set_defaults(handler=_evaluate)
 
@@ -181,7 +181,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                 modality=args.modality, prompt_mode=args.prompt_mode,
                 nsd_tolerance_mm=args.nsd_tolerance, max_cases=args.max_cases,
                 max_windows=args.max_windows, stop=stop,
-                keep_clicked=not args.all_components)
+                keep_clicked=not args.all_components,
+                zoom=not args.no_zoom)
     finally:
         if text_progress is not None:
             text_progress.close()

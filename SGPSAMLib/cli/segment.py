@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from ..errors import PromptError, SGPSAMError, VolumeIOError
 from ..options import MODALITIES, PROMPT_MODES, WRITE_SUFFIXES
-from .common import add_all_components_option, format_mm, warn
+from .common import add_session_options, format_mm, warn
 
 __all__ = ["register", "parse_point", "PointArg", "WRITE_SUFFIXES"]
 
@@ -100,7 +100,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     segment.add_argument("--modality", default="auto", choices=MODALITIES,
                          help="intensity normalisation; CT clips to [-1000, 1000] HU "
                               "(default: auto)")
-    add_all_components_option(segment)
+    add_session_options(segment)
     segment.set_defaults(handler=_segment)
 
 
@@ -168,7 +168,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     model = load_model(checkpoint, device=device)
     session = InteractiveSession(model, device=device, prompt_mode=args.prompt_mode,
-                                 keep_clicked=not args.all_components)
+                                 keep_clicked=not args.all_components,
+                                 zoom=not args.no_zoom)
     session.set_volume(volume, modality=args.modality)
     for point, point_ras in zip(points, ras):
         log.info("point %s -> RAS %s", point.text, point_ras.tolist())

@@ -32,12 +32,14 @@ MAX_CENTROID_OFFSET_MM = 3.0
 #: Held-out synthetic cases of the quality test: the first half of the README's benchmark set
 #: (seeds 20000-20009, 21 lesions, 3 clicks).
 HELDOUT_CASES = 10
-#: Mean Dice over those lesions when bundled: 0.566 after click 1, 0.650 after click 3 (one
-#: empty mask); lesions >= 1 mL 0.644 -> 0.830 (the model bundled before this one: 0.517 ->
-#: 0.559; the one before that scored 0.20 on all lesions).
-HELDOUT_MIN_DICE_1 = 0.50
-HELDOUT_MIN_DICE_3 = 0.58
+#: Mean Dice over those lesions when bundled, with the session's zoom (SGPSAMLib.zoom): 0.616
+#: after click 1, 0.689 after click 3 (one empty mask); lesions >= 1 mL 0.644 -> 0.830;
+#: lesions < 1 mL 0.605 after click 1 (0.534 without the zoom). Without the zoom 0.566 ->
+#: 0.650; the model bundled before this one: 0.517 -> 0.559; the one before that 0.20.
+HELDOUT_MIN_DICE_1 = 0.56
+HELDOUT_MIN_DICE_3 = 0.63
 HELDOUT_LARGE_MIN_DICE_3 = 0.75
+HELDOUT_SMALL_MIN_DICE_1 = 0.56
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,8 @@ def test_the_bundled_model_segments_held_out_synthetic_lesions(tmp_path):
     assert dice[0] >= HELDOUT_MIN_DICE_1, dice
     assert dice[-1] >= HELDOUT_MIN_DICE_3, dice
     assert summary["large"]["dice_final"] >= HELDOUT_LARGE_MIN_DICE_3, summary["large"]
+    assert summary["small"]["dice_1"] >= HELDOUT_SMALL_MIN_DICE_1, summary["small"]
+    assert summary["zoom"] == {"probe_mm": 0.75, "wide_mm": 1.5, "large_mm": 10.0}
     # Later clicks help where help is needed (lesions with Dice < 0.8 after click 1).
     assert summary["needs_correction"]["gain"] > 0.0, summary["needs_correction"]
 

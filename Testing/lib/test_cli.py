@@ -366,21 +366,22 @@ def test_python_dash_m_help() -> None:
 
 def test_all_components_reaches_the_session(capsys, tmp_path, image, checkpoint,
                                             monkeypatch) -> None:
-    """``--all-components`` is the session's ``keep_clicked=False``; the default keeps only
-    the clicked components (SGPSAMLib.clicked_components)."""
+    """``--all-components`` is the session's ``keep_clicked=False``, ``--no-zoom`` its
+    ``zoom=False``; the default keeps only the clicked components and zooms by the model's
+    policy (SGPSAMLib.clicked_components, SGPSAMLib.zoom)."""
     from SGPSAMLib.session import InteractiveSession
 
-    seen: list[bool] = []
+    seen: list[tuple[bool, bool]] = []
     original = InteractiveSession.__init__
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        seen.append(self.keep_clicked)
+        seen.append((self.keep_clicked, kwargs.get("zoom")))
 
     monkeypatch.setattr(InteractiveSession, "__init__", spy)
-    for extra in ([], ["--all-components"]):
+    for extra in ([], ["--all-components"], ["--no-zoom"]):
         code, _, stderr = _run(capsys, "segment", image, "--model", checkpoint,
                                _point(CENTRE_INDEX), "--out", tmp_path / "m.nii.gz",
                                "--device", "cpu", *extra)
         assert code == 0, stderr
-    assert seen == [True, False]
+    assert seen == [(True, True), (False, True), (True, False)]

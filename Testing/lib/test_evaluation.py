@@ -372,6 +372,7 @@ def test_evaluate_with_the_real_session(tmp_path):
     assert 0.0 <= row["nsd"] <= 1.0 and row["clicks_used"] == 3
     assert result.summary["device"] == "cpu" and result.summary["preset"] == "oracle"
     assert result.summary["keep_clicked"] is True  # the session's default
+    assert result.summary["zoom"] is None  # this model's preset has no zoom policy
     everything = evaluate(CropThresholdModel(), folder, clicks=1, device="cpu",
                           keep_clicked=False)
     assert everything.summary["keep_clicked"] is False
