@@ -189,6 +189,7 @@ class CaseResult:
     # Resume evidence (see batch_journal): what the case was computed from and what it wrote.
     image_fingerprint: str = ""
     model_fingerprint: str = ""
+    session_options: dict[str, Any] = field(default_factory=dict)
     output_sha256: str = ""
     output_bytes: int = 0
 
@@ -271,6 +272,15 @@ def _model_id(model: Any) -> str:
     return type(model).__name__
 
 
+def session_options(config: BatchConfig) -> dict[str, Any]:
+    """The options that shape a case's masks besides image, seeds and model (resume evidence:
+    a case done with other options is redone)."""
+    return {"modality": config.modality, "prompt_mode": config.prompt_mode,
+            "extend_at_border": bool(config.extend_at_border),
+            "max_windows": int(config.max_windows), "reuse_regions": bool(config.reuse_regions),
+            "keep_clicked": bool(config.keep_clicked), "zoom": bool(config.zoom)}
+
+
 def _model_fingerprint(model: Any) -> str:
     """The checkpoint's size and SHA-256: a replaced checkpoint at the same path redoes the
     cases, the same file copied or downloaded again (new modification time) does not."""
@@ -320,6 +330,7 @@ class _Runner:
         self.model_spec = _resolve_model_spec(config.model)
         self.model_id = _model_id(self.model_spec)
         self.model_fingerprint = _model_fingerprint(self.model_spec)
+        self.session_options = session_options(config)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -372,7 +383,8 @@ class _Runner:
             return None
         return reusable_record(self.journal.get(case.case_id), case.case_id,
                                str(case.path.resolve()), out, sha, image_fp, self.model_id,
-                               self.model_fingerprint, c.output_format)
+                               self.model_fingerprint, c.output_format,
+                               self.session_options)
 
     def segment(self, case: CaseInput, volume: Volume, lesions: list[SeedLesion],
                 result: CaseResult, index: int) -> np.ndarray:
@@ -457,6 +469,7 @@ class _Runner:
             result.seeds_sha = seeds_fingerprint(seeds)
             result.image_fingerprint = fingerprint(case.path)
             result.model_fingerprint = self.model_fingerprint
+            result.session_options = dict(self.session_options)
             previous = self.previous_ok(case, out, result.seeds_sha, result.image_fingerprint)
             if previous is not None:
                 for key in ("output", "lesions", "voxels", "volume_ml", "seconds",

@@ -5,7 +5,9 @@
   fresh line, and the reader skips torn text (recovering a record glued to it by an older
   version), so no record is ever lost.
 - **Resume evidence**: each record holds fingerprints of the image (size, time and edge
-  hashes), of the checkpoint, the seeds' hash and the SHA-256 and size of the output written.
+  hashes), of the checkpoint, the seeds' hash, the session options that shape the masks
+  (modality, prompting, windows, region reuse, clicked components, zoom) and the SHA-256 and
+  size of the output written.
   :func:`check_output` says whether the output on disk is still that file, damaged, or changed.
 - **Lock**: a run holds ``.sgpsam_batch.lock`` (``.sgpsam_batch_shardIofN.lock`` for a shard)
   in the output folder. A second run of the same shard, or an unsharded run while shards run
@@ -187,11 +189,13 @@ def count_output(out: Path, output_format: str) -> tuple[int, int, float] | None
 
 def reusable_record(record: dict | None, case_id: str, image: str, out: Path, seeds_sha: str,
                     image_fp: str, model_id: str, model_fp: str,
-                    output_format: str) -> dict | None:
+                    output_format: str, options: dict[str, Any] | None = None) -> dict | None:
     """The journal record a resumed run may keep for a case (skipping it), or None to redo it.
 
     Kept only for an ``ok`` record of the same image path *and content*, seeds, checkpoint
-    (path and fingerprint) and output path whose output is still the file written. An output
+    (path and fingerprint), session ``options`` (None: not compared) and output path whose
+    output is still the file written; a record without options (written by a version that did
+    not record them) is redone. An output
     that was changed but still reads (corrected by hand?) is kept too, never overwritten: the
     record then carries the numbers counted from the file and a warning. A missing or
     unreadable output, or any other difference, means: redo.
@@ -206,6 +210,17 @@ def reusable_record(record: dict | None, case_id: str, image: str, out: Path, se
         return None
     if record.get("model_fingerprint", "") != model_fp:
         log.info("case %s: the checkpoint changed since it was done; redoing it", case_id)
+        return None
+    if options is not None and record.get("session_options") != options:
+        before = record.get("session_options")
+        if not isinstance(before, dict):
+            log.info("case %s: done without recorded session options; redoing it", case_id)
+        else:
+            changed = ", ".join(f"{k}: {before.get(k)!r} -> {options.get(k)!r}"
+                                for k in sorted(set(before) | set(options))
+                                if before.get(k) != options.get(k))
+            log.info("case %s: session options changed since it was done (%s); redoing it",
+                     case_id, changed)
         return None
     state = check_output(out, record)
     if state != "changed":

@@ -80,6 +80,35 @@ def test_a_replaced_checkpoint_is_redone(tmp_path: Path, oracle_loader: list) ->
     assert _statuses(run_batch(_config(tmp_path, checkpoint))) == [("a", "ok"), ("b", "ok")]
 
 
+def test_other_session_options_redo_the_cases(tmp_path: Path, caplog) -> None:
+    """Masks made with other options than the run's (zoom, clicked components, windows,
+    prompting, ...) are not kept on resume; the same options keep them; a journal record from
+    a version that did not record its options is redone."""
+    _cases(tmp_path)
+    first = run_batch(_config(tmp_path, OracleModel()))
+    assert _statuses(first) == [("a", "ok"), ("b", "ok")]
+    assert first.results[0].record()["session_options"]["zoom"] is True
+    assert _statuses(run_batch(_config(tmp_path, OracleModel()))) == [("a", "skipped"),
+                                                                      ("b", "skipped")]
+    for option, value in (("zoom", False), ("keep_clicked", False), ("max_windows", 2),
+                          ("prompt_mode", "cumulative"), ("reuse_regions", False)):
+        with caplog.at_level("INFO", logger="SGPSAMLib.batch_journal"):
+            redone = run_batch(_config(tmp_path, OracleModel(), **{option: value}))
+        assert _statuses(redone) == [("a", "ok"), ("b", "ok")], option
+        assert f"{option}: " in caplog.text, option
+        caplog.clear()
+        # The journal now holds the records of those options: back to the defaults redoes.
+        assert _statuses(run_batch(_config(tmp_path, OracleModel()))) == [("a", "ok"),
+                                                                          ("b", "ok")]
+    out = tmp_path / "out"
+    journal = next(out.glob("sgpsam_batch*.jsonl"))
+    records = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    for record in records:
+        record.pop("session_options")
+    journal.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert _statuses(run_batch(_config(tmp_path, OracleModel()))) == [("a", "ok"), ("b", "ok")]
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "delete", "empty"])
 def test_a_damaged_output_is_redone(tmp_path: Path, damage: str) -> None:
     _cases(tmp_path)
