@@ -118,6 +118,9 @@ def _interaction_options(add: Any) -> None:
     add("--jitter-fraction", type=float, metavar="F",
         help="share of crops shifted by --jitter-mm; the rest are centred on the first click "
              "(default 1)")
+    add("--close-fraction", type=float, metavar="F",
+        help="share of crops sampled at half the model's crop spacing, as the zoom's close "
+             "look (default 0: one spacing)")
 
 
 def _data_options(add: Any) -> None:

@@ -64,6 +64,9 @@ class TrainConfig:
             voxels (0 = uniform; the evaluation clicks the deepest voxel).
         jitter_fraction: share of crops shifted by jitter_mm; the rest are centred on the first
             click exactly, as the session centres a new region.
+        close_fraction: share of crops sampled at half the model's crop spacing (the demo
+            model's zoom looks at a new lesion through such a crop first, SGPSAMLib.zoom), the
+            rest at the crop spacing; 0 (default) trains at one spacing only.
     Data:
         data: one folder of image/label pairs, or several (their cases are pooled; case ids
             get the folder's name as a prefix); data_weights: the share of samples drawn from
@@ -115,6 +118,7 @@ class TrainConfig:
     coarse_weight: float = 0.5
     interior_power: float = 0.0
     jitter_fraction: float = 1.0
+    close_fraction: float = 0.0
     labels: tuple[int, ...] | None = None
     lesion_unit: str = "component"
     min_lesion_voxels: int = 8
@@ -199,6 +203,9 @@ class TrainConfig:
                           "folder)", self.data_weights)
         if not 0.0 <= self.jitter_fraction <= 1.0:
             raise bad("jitter-fraction", "a number in [0, 1]", self.jitter_fraction)
+        if isinstance(self.close_fraction, bool) or not isinstance(
+                self.close_fraction, (int, float)) or not 0.0 <= self.close_fraction <= 1.0:
+            raise bad("close-fraction", "a number in [0, 1]", self.close_fraction)
         for flag in ("coarse_weight", "interior_power"):
             value = getattr(self, flag)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:

@@ -137,7 +137,8 @@ class CropDataset(Dataset):
 
     def __init__(self, cases: Sequence[LoadedCase], size: int = 128, spacing_mm: float = 1.5,
                  jitter_voxels: float = 8.0, flip: bool = True, augment: bool = True,
-                 interior_power: float = 0.0, jitter_fraction: float = 1.0) -> None:
+                 interior_power: float = 0.0, jitter_fraction: float = 1.0,
+                 close_fraction: float = 0.0) -> None:
         self.cases = list(cases)
         self.items = [(c, lesion.index) for c, case in enumerate(self.cases)
                       for lesion in case.lesions]
@@ -148,6 +149,7 @@ class CropDataset(Dataset):
         self.augment = augment
         self.interior_power = float(interior_power)
         self.jitter_fraction = float(jitter_fraction)
+        self.close_fraction = float(close_fraction)
         self._weights: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -169,8 +171,12 @@ class CropDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         item, seed = key
         case_index, lesion = self.items[item]
-        sample = sample_crop(self.cases[case_index], lesion, seed, self.size, self.spacing_mm,
-                             self.jitter_voxels, self.flip, self.augment,
+        spacing, jitter = self.spacing_mm, self.jitter_voxels
+        if self.close_fraction > 0.0 and (np.random.default_rng(sample_seed(seed, 7)).random()
+                                          < self.close_fraction):
+            spacing, jitter = spacing / 2.0, jitter * 2.0  # the same shift in mm
+        sample = sample_crop(self.cases[case_index], lesion, seed, self.size, spacing,
+                             jitter, self.flip, self.augment,
                              weights=self.click_weights(item),
                              jitter_fraction=self.jitter_fraction)
         return {

@@ -509,7 +509,8 @@ class _Run:
                               jitter_voxels=config.jitter_mm / model.config.crop_spacing_mm,
                               flip=config.flip, augment=config.intensity_aug,
                               interior_power=config.interior_power,
-                              jitter_fraction=config.jitter_fraction)
+                              jitter_fraction=config.jitter_fraction,
+                              close_fraction=config.close_fraction)
         self.per_step = config.batch_size * config.accum
         item_weights = self._item_weights(dataset)
         probe = SampleStream(len(dataset), config.seed, self.dist.world, self.dist.rank)

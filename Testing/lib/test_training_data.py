@@ -265,3 +265,28 @@ def test_first_click_and_error_clicks():
     drawn = {tuple(random_voxel(mask, generator).tolist()) for _ in range(40)}
     assert drawn == {(1, 2, 3), (3, 0, 0)}
     assert random_voxel(torch.zeros((2, 2, 2), dtype=torch.bool), generator) is None
+
+
+def test_close_fraction_samples_crops_at_half_the_spacing(sphere_case):
+    """``close_fraction``: that share of crops is sampled at half the crop spacing (the zoom's
+    close look: the lesion covers 8x the crop voxels), the rest as before, bit for bit."""
+    from SGPSAMLib.training.sampling import CropDataset
+
+    def dataset(fraction: float) -> CropDataset:
+        return CropDataset([sphere_case], size=32, spacing_mm=1.5, jitter_voxels=0.0,
+                           flip=False, augment=False, close_fraction=fraction)
+
+    lesion = 1  # item 1 is lesion 2 of the case (the one of the crop tests above)
+    voxels = sphere_case.lesions[1].voxels
+    plain, never, always, half = dataset(0.0), dataset(0.0), dataset(1.0), dataset(0.5)
+    close_counts = []
+    for seed in range(40):
+        a = plain[(lesion, seed)]
+        assert torch.equal(a["image"], never[(lesion, seed)]["image"])
+        assert int(a["label"].sum()) == voxels  # 1.5 mm crop of a 1.5 mm image
+        close = int(always[(lesion, seed)]["label"].sum())
+        assert 7 * voxels <= close <= 9 * voxels  # 0.75 mm: 8x the voxels
+        close_counts.append(int(half[(lesion, seed)]["label"].sum()) > 2 * voxels)
+    assert 10 <= sum(close_counts) <= 30  # about half, fixed by the seeds
+    assert close_counts == [int(half[(lesion, s)]["label"].sum()) > 2 * voxels
+                            for s in range(40)]
