@@ -35,7 +35,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -464,9 +464,7 @@ def _session(model_or_path: Any, device: str, prompt_mode: str, max_windows: int
 def _zoom_summary(session: Any) -> dict[str, float] | None:
     """The session's zoom policy as a dict (None: fixed crop spacing)."""
     policy = getattr(session, "zoom", None)
-    if policy is None:
-        return None
-    return {"probe_mm": policy.probe_mm, "wide_mm": policy.wide_mm, "large_mm": policy.large_mm}
+    return None if policy is None else asdict(policy)
 
 
 def _evaluate_case(session: Any, files: Any, load: dict[str, Any], clicks: int,

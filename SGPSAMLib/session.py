@@ -343,9 +343,8 @@ class InteractiveSession:
             state.clicks.append(Click(ras, positive, target.id))
             entry.region_id = target.id
             cached = self._decode_region(target, entry, timings)
-            widened = created and self._widen_if_large(target, entry, timings)
-            if widened:
-                target = state.regions[-1]
+            widened = self._widen_if_large(target, entry, timings) if created else None
+            target = widened or target
             added = self._extend(target, entry, timings)
         except BaseException:
             self._rollback(entry)
@@ -511,29 +510,24 @@ class InteractiveSession:
         return keep_clicked_components(logits, grid_points, rs.region.spacing_mm / scale)
 
     def _widen_if_large(self, rs: RegionState, entry: _UndoEntry,
-                        timings: dict[str, float]) -> bool:
+                        timings: dict[str, float]) -> RegionState | None:
         """Zoom out: if a new lesion's first answer is large (:func:`answer_is_large`), take
-        its writes back and open the lesion again at the policy's wide spacing around the
-        click. Returns whether it did (the new region is then the last one)."""
+        this ``add_point`` back and open the lesion again at the policy's wide spacing around
+        the click; returns that region, or None when the first window stays."""
         zoom = self.zoom
         if zoom is None or rs.region.spacing_mm >= zoom.wide_mm or rs.logits is None:
-            return False
+            return None
         cell_mm = rs.region.spacing_mm * self.size / self.output_size
         if not answer_is_large(rs.logits, cell_mm, zoom.large_mm):
-            return False
-        state = self._state
-        for box, before in reversed(entry.patches):
-            state.mask[box] = before
+            return None
+        click = self._state.clicks[-1]
+        self._rollback(entry)
         entry.patches.clear()
-        state.voxels = entry.voxels
-        entry.region_states.pop(rs.id, None)
-        state.regions.pop()
-        click = state.clicks[-1]
-        wide = self._new_region(Region(tuple(click.ras), self.size, zoom.wide_mm), group=None,
-                                seed=None)
-        click.region_id = wide.id
+        entry.region_states.clear()
+        wide = self._new_region(Region(tuple(click.ras), self.size, zoom.wide_mm), group=None)
+        self._state.clicks.append(Click(click.ras, click.positive, wide.id))
         self._decode_region(wide, entry, timings)
-        return True
+        return wide
 
     def _write(self, rs: RegionState, logits: torch.Tensor, entry: _UndoEntry) -> None:
         """Map a region's new logits to the volume and write the voxels it owns."""
